@@ -1,0 +1,1 @@
+"""Conveyor's command line and the embedded servers it can start."""

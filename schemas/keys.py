@@ -1,0 +1,66 @@
+"""The Redis key schema, as plain functions of (prefix, queue).
+
+Every key of a queue carries the hash tag ``{queue}``, so a queue lives in one Redis
+Cluster slot and every script touches one slot. Nothing else in Conveyor spells a key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CONSUMER_GROUP = "workers"
+DEFAULT_PREFIX = "conveyor"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """All key names of one queue."""
+
+    queue: str
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}:{{{self.queue}}}"
+
+    @property
+    def jobs(self) -> str:
+        """Stream: one entry per delivery (`job_id`, `type`, `attempt`); group `workers`."""
+        return f"{self.base}:jobs"
+
+    @property
+    def events(self) -> str:
+        """Stream, capped: every event of every job of the queue (the fan-out source)."""
+        return f"{self.base}:events"
+
+    @property
+    def delayed(self) -> str:
+        """Sorted set: job ids due later, scored by due time in ms."""
+        return f"{self.base}:delayed"
+
+    @property
+    def dead(self) -> str:
+        """Stream: dead-lettered jobs."""
+        return f"{self.base}:dead"
+
+    @property
+    def job_prefix(self) -> str:
+        """What scripts prepend to a job id to reach its hash (they batch over ids)."""
+        return f"{self.base}:job:"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.job_prefix}{job_id}"
+
+    def job_events(self, job_id: str) -> str:
+        return f"{self.job(job_id)}:events"
+
+    def idempotency(self, tenant: str, key: str) -> str:
+        return f"{self.base}:idem:{tenant}:{key}"
+
+    def tenant_jobs(self, tenant: str) -> str:
+        """Sorted set: the tenant's job ids in this queue, scored by creation time in ms."""
+        return f"{self.base}:tenant:{tenant}:jobs"
+
+    def consumer_seen(self) -> str:
+        """Hash: consumer name -> last time (ms) it fetched; for `inspect` and cleanup."""
+        return f"{self.base}:consumers"

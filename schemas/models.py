@@ -1,0 +1,142 @@
+"""Pydantic models shared by the gateway, the producer and the consumers."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from schemas.events import EventType
+from schemas.status import JobStatus
+
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+JOB_TYPE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+class SubmitRequest(BaseModel):
+    """The body of `POST /v1/jobs` and the arguments of `producer.submit`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(pattern=JOB_TYPE_NAME.pattern, description="a registered job type")
+    payload: dict[str, Any] = Field(default_factory=dict)
+    queue: str = Field(default="default", pattern=QUEUE_NAME.pattern)
+    delay_s: float = Field(default=0, ge=0, le=365 * 24 * 3600)
+    max_attempts: int | None = Field(default=None, ge=1, le=100)
+    timeout_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+
+
+class Artifact(BaseModel):
+    """An object a job wrote to S3."""
+
+    name: str
+    bucket: str
+    key: str
+    size: int
+    sha256: str
+    etag: str
+    content_type: str
+
+
+def _json_or(value: str | None, default: Any) -> Any:
+    return json.loads(value) if value else default
+
+
+class Job(BaseModel):
+    """A job's snapshot, as held in its Redis hash."""
+
+    id: str
+    queue: str
+    type: str
+    status: JobStatus
+    tenant: str = ""
+    stage: str | None = None
+    progress: float = 0
+    message: str | None = None
+    attempt: int = 0
+    max_attempts: int = 1
+    timeout_s: float = 300
+    owner: str | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+    result: Any = None
+    error: str | None = None
+    artifacts: list[Artifact] = Field(default_factory=list)
+    cancel_requested: bool = False
+    created_at: int = 0
+    updated_at: int = 0
+    started_at: int | None = None
+    finished_at: int | None = None
+    due_at: int | None = None
+    last_event_id: str | None = None
+
+    @field_validator("stage", "message", "owner", "error", "last_event_id", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return value or None
+
+    @classmethod
+    def from_hash(cls, fields: dict[str, str]) -> Job:
+        """Build from `HGETALL` (decoded). Empty strings mean 'not set'."""
+
+        def opt_int(name: str) -> int | None:
+            raw = fields.get(name)
+            return int(raw) if raw else None
+
+        return cls(
+            id=fields["id"],
+            queue=fields["queue"],
+            type=fields["type"],
+            status=JobStatus(fields["status"]),
+            tenant=fields.get("tenant", ""),
+            stage=fields.get("stage"),
+            progress=float(fields.get("progress") or 0),
+            message=fields.get("message"),
+            attempt=int(fields.get("attempt") or 0),
+            max_attempts=int(fields.get("max_attempts") or 1),
+            timeout_s=float(fields.get("timeout_s") or 300),
+            owner=fields.get("owner"),
+            payload=_json_or(fields.get("payload"), {}),
+            result=_json_or(fields.get("result"), None),
+            error=fields.get("error"),
+            artifacts=_json_or(fields.get("artifacts"), []),
+            cancel_requested=fields.get("cancel_requested") == "1",
+            created_at=int(fields.get("created_at") or 0),
+            updated_at=int(fields.get("updated_at") or 0),
+            started_at=opt_int("started_at"),
+            finished_at=opt_int("finished_at"),
+            due_at=opt_int("due_at"),
+            last_event_id=fields.get("last_event_id"),
+        )
+
+
+class Event(BaseModel):
+    """One entry of an events stream. `id` is the stream entry id, the same in the
+    queue's stream and the job's own, so it is a valid SSE `Last-Event-ID` for both."""
+
+    id: str
+    event: EventType
+    job_id: str
+    queue: str
+    job_type: str
+    tenant: str = ""
+    status: JobStatus
+    attempt: int = 0
+    ts: int
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def from_entry(cls, entry_id: str, fields: dict[str, str]) -> Event:
+        return cls(
+            id=entry_id,
+            event=EventType(fields["event"]),
+            job_id=fields["job_id"],
+            queue=fields["queue"],
+            job_type=fields["job_type"],
+            tenant=fields.get("tenant", ""),
+            status=JobStatus(fields["status"]),
+            attempt=int(fields.get("attempt") or 0),
+            ts=int(fields["ts"]),
+            data=_json_or(fields.get("data"), {}),
+        )

@@ -1,0 +1,103 @@
+"""Settings: one `BaseSettings`, read from `CONVEYOR_*` environment variables and `.env`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", env_file=".env", extra="ignore")
+
+    # Where things are. Unset endpoints mean `conveyor run` starts embedded servers.
+    redis_url: str | None = None
+    s3_endpoint: str | None = None
+    s3_access_key: str = "conveyor"
+    s3_secret_key: str = "conveyor-secret"
+    s3_bucket: str = "conveyor"
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    data_dir: Path = Path("./.conveyor")
+    key_prefix: str = "conveyor"
+    queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["default"])
+
+    # Gateway.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    token_secret: str | None = None
+    event_token_ttl_s: int = 3600
+    max_payload_bytes: int = 256 * 1024
+    redis_timeout_s: float = 2.0
+    sse_ping_s: float = 15.0
+    sse_retry_ms: int = 5000
+    sse_subscriber_buffer: int = 1000
+    presign_ttl_s: int = 300
+
+    # `conveyor run`.
+    consumers: int = 2
+
+    # Consumers: defaults from what the best queues ship (see README, "Defaults").
+    concurrency: int = 16
+    visibility_timeout_s: float = 30.0
+    reclaim_interval_s: float = 5.0
+    max_deliveries: int = 3
+    max_attempts: int = 5
+    backoff_base_s: float = 2.0
+    backoff_max_s: float = 600.0
+    job_timeout_s: float = 300.0
+    shutdown_grace_s: float = 25.0
+    block_ms: int = 1000
+    progress_interval_s: float = 0.25
+    consumer_idle_cleanup_s: float = 3600.0
+
+    # Retention.
+    events_maxlen: int = 100_000
+    job_retention_s: int = 7 * 24 * 3600
+    idempotency_ttl_s: int = 600
+
+    # Storage and ingest.
+    s3_part_size: int = 8 * 1024 * 1024
+    ingest_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    ingest_max_bytes: int = 5 * 1024 * 1024 * 1024
+    ingest_connect_timeout_s: float = 10.0
+    ingest_read_timeout_s: float = 60.0
+
+    @field_validator("queues", "ingest_allowed_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _key_tenant_pairs(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        pairs: dict[str, str] = {}
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            key, sep, tenant = item.partition("=")
+            if not sep or not key.strip() or not tenant.strip():
+                raise ValueError(f"CONVEYOR_API_KEYS entry {item.strip()!r} is not key=tenant")
+            pairs[key.strip()] = tenant.strip()
+        return pairs
+
+    @property
+    def lease_renew_interval_s(self) -> float:
+        return self.visibility_timeout_s / 3
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

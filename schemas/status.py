@@ -1,0 +1,54 @@
+"""The job state machine: statuses and the transitions allowed between them.
+
+This is the one definition. The Lua scripts get their transition table generated from
+``TRANSITIONS`` (see ``producer.scripts``), so Redis refuses exactly what Python refuses.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class JobStatus(str, enum.Enum):
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL: frozenset[JobStatus] = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+)
+
+# Where a job may begin: a delayed submit starts `scheduled`, any other `queued`.
+INITIAL: frozenset[JobStatus] = frozenset({JobStatus.SCHEDULED, JobStatus.QUEUED})
+
+# from -> the statuses it may move to. `running -> running` is a reclaim by another
+# consumer (a new attempt, same status). `queued -> failed` is a poison entry whose
+# consumers died before they could even start it.
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.SCHEDULED: frozenset({JobStatus.QUEUED, JobStatus.CANCELLED}),
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.RUNNING: frozenset(
+        {
+            JobStatus.RUNNING,
+            JobStatus.SCHEDULED,
+            JobStatus.SUCCEEDED,
+            JobStatus.FAILED,
+            JobStatus.CANCELLED,
+        }
+    ),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
+    JobStatus.CANCELLED: frozenset({JobStatus.QUEUED}),
+}
+
+
+def can_transition(current: JobStatus, target: JobStatus) -> bool:
+    return target in TRANSITIONS[current]
