@@ -7,7 +7,7 @@ import enum
 from schemas.status import JobStatus
 
 
-class EventType(str, enum.Enum):
+class EventType(enum.StrEnum):
     SCHEDULED = "job.scheduled"
     QUEUED = "job.queued"
     STARTED = "job.started"

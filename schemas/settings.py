@@ -63,6 +63,7 @@ class Settings(BaseSettings):
 
     # Retention.
     events_maxlen: int = 100_000
+    job_events_maxlen: int = 10_000
     job_retention_s: int = 7 * 24 * 3600
     idempotency_ttl_s: int = 600
 

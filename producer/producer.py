@@ -1,0 +1,412 @@
+"""The only code that writes job state. Every method is one script call (or a pipeline of
+them), so the hash, the event log and the queue never disagree.
+
+Used by the gateway (submit, cancel, retry), the consumers (start, progress, finish, renew,
+reclaim, promote) and `conveyor submit`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from producer.scripts import Scripts
+from schemas.errors import JobNotFound, TransitionRefused
+from schemas.keys import CONSUMER_GROUP, QueueKeys
+from schemas.models import Artifact, Event, Job, SubmitRequest
+from schemas.settings import Settings
+
+JSON_SEPARATORS = (",", ":")
+
+
+def new_job_id() -> str:
+    """32 hex chars, time-ordered (ms first) so ids sort by submission, random after."""
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=JSON_SEPARATORS, ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    job_id: str
+    queue: str
+    created: bool  # False: an earlier job with the same Idempotency-Key was returned
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A job this consumer must run now, under `attempt` (its fencing token)."""
+
+    queue: str
+    job_id: str
+    entry_id: str
+    attempt: int
+    type: str
+    payload: dict[str, Any]
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    job_id: str
+    entry_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseState:
+    held: bool
+    cancel_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReclaimReport:
+    """What one reclaim pass did: jobs to run now, and entries given up on."""
+
+    deliveries: list[Delivery]
+    dead: list[str]
+    skipped: int
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Producer:
+    """Job state writes for every queue of one Redis."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.scripts = Scripts(redis)
+        self._config = [
+            settings.events_maxlen,
+            settings.job_events_maxlen,
+            settings.job_retention_s,
+            settings.idempotency_ttl_s,
+        ]
+
+    def keys(self, queue: str) -> QueueKeys:
+        return QueueKeys(queue, self.settings.key_prefix)
+
+    def _job_keys(self, queue: str, job_id: str) -> tuple[QueueKeys, str, str]:
+        k = self.keys(queue)
+        return k, k.job(job_id), k.job_events(job_id)
+
+    async def ensure_group(self, queue: str) -> None:
+        """Create the consumer group (and the stream) if missing; start from the beginning so
+        jobs submitted before the first worker existed are not skipped."""
+        try:
+            await self.redis.xgroup_create(
+                self.keys(queue).jobs, CONSUMER_GROUP, id="0", mkstream=True
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # --- client side: submit, read, cancel, retry ----------------------------------------
+
+    async def submit(
+        self,
+        request: SubmitRequest,
+        *,
+        tenant: str = "",
+        idempotency_key: str | None = None,
+        client: Any | None = None,
+    ) -> Submitted:
+        job_id = new_job_id()
+        k, job_key, job_events_key = self._job_keys(request.queue, job_id)
+        max_attempts = request.max_attempts or self.settings.max_attempts
+        timeout_s = request.timeout_s or self.settings.job_timeout_s
+        created, returned_id = await self.scripts.run(
+            "submit",
+            keys=[
+                k.jobs,
+                k.events,
+                job_key,
+                job_events_key,
+                k.delayed,
+                k.idempotency(tenant, idempotency_key or ""),
+                k.tenant_jobs(tenant),
+            ],
+            args=[
+                *self._config,
+                job_id,
+                request.queue,
+                request.type,
+                tenant,
+                dumps(request.payload),
+                max_attempts,
+                timeout_s,
+                int(request.delay_s * 1000),
+                k.job_prefix,
+                "1" if idempotency_key else "0",
+            ],
+            client=client,
+        )
+        return Submitted(_s(returned_id), request.queue, bool(int(created)))
+
+    async def submit_many(
+        self, requests: Sequence[SubmitRequest], *, tenant: str = ""
+    ) -> list[str]:
+        """Submit in one round trip (benchmarks, bulk loads). Returns the job ids."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for request in requests:
+                await self.submit(request, tenant=tenant, client=pipe)
+            results = await pipe.execute()
+        return [_s(job_id) for _, job_id in results]
+
+    async def get(self, queue: str, job_id: str) -> Job | None:
+        fields = await self.redis.hgetall(self.keys(queue).job(job_id))  # type: ignore[misc]
+        return Job.from_hash({_s(k): _s(v) for k, v in fields.items()}) if fields else None
+
+    async def find(self, job_id: str, queues: Sequence[str] | None = None) -> Job | None:
+        """The job with this id in any of `queues` (default: the configured ones)."""
+        for queue in queues or self.settings.queues:
+            job = await self.get(queue, job_id)
+            if job is not None:
+                return job
+        return None
+
+    async def events(
+        self, queue: str, job_id: str, after: str | None = None, count: int | None = None
+    ) -> list[Event]:
+        """The job's own event history, after `after` (exclusive) when given."""
+        start = f"({after}" if after else "-"
+        entries = await self.redis.xrange(self.keys(queue).job_events(job_id), start, "+", count)
+        return [
+            Event.from_entry(_s(entry_id), {_s(k): _s(v) for k, v in fields.items()})
+            for entry_id, fields in entries
+        ]
+
+    async def cancel(self, queue: str, job_id: str, reason: str = "cancelled by request") -> str:
+        """`cancelled` (it ended now) or `requested` (it is running; its worker will stop it)."""
+        k, job_key, job_events_key = self._job_keys(queue, job_id)
+        outcome = await self.scripts.run(
+            "cancel",
+            keys=[k.jobs, k.events, job_key, job_events_key, k.delayed],
+            args=[*self._config, reason],
+        )
+        return self._outcome(job_id, "cancel", outcome)
+
+    async def retry(self, queue: str, job_id: str) -> str:
+        k, job_key, job_events_key = self._job_keys(queue, job_id)
+        outcome = await self.scripts.run(
+            "retry", keys=[k.jobs, k.events, job_key, job_events_key], args=[*self._config]
+        )
+        return self._outcome(job_id, "retry", outcome)
+
+    @staticmethod
+    def _outcome(job_id: str, action: str, outcome: list[Any]) -> str:
+        result = _s(outcome[0])
+        if result == "missing":
+            raise JobNotFound(job_id)
+        if result == "refused":
+            raise TransitionRefused(job_id, _s(outcome[1]), action)
+        return result
+
+    # --- worker side: start, report, finish -----------------------------------------------
+
+    async def start(
+        self, queue: str, entries: Sequence[tuple[str, str]], consumer: str
+    ) -> list[Delivery]:
+        """Start the jobs of freshly read entries `(entry_id, job_id)`, in one round trip.
+        Entries whose job ended or moved on are acknowledged and left out."""
+        if not entries:
+            return []
+        k = self.keys(queue)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry_id, job_id in entries:
+                await self.scripts.run(
+                    "start",
+                    keys=[k.jobs, k.events, k.job(job_id), k.job_events(job_id)],
+                    args=[*self._config, entry_id, consumer],
+                    client=pipe,
+                )
+            results = await pipe.execute()
+        return [
+            self._delivery(queue, job_id, entry_id, result[1:])
+            for (entry_id, job_id), result in zip(entries, results, strict=True)
+            if _s(result[0]) == "started"
+        ]
+
+    @staticmethod
+    def _delivery(queue: str, job_id: str, entry_id: str, row: list[Any]) -> Delivery:
+        attempt, job_type, payload, timeout_s = row
+        return Delivery(
+            queue=queue,
+            job_id=job_id,
+            entry_id=entry_id,
+            attempt=int(attempt),
+            type=_s(job_type),
+            payload=json.loads(_s(payload)),
+            timeout_s=float(_s(timeout_s)),
+        )
+
+    async def progress(
+        self,
+        queue: str,
+        job_id: str,
+        attempt: int,
+        percent: float | None = None,
+        stage: str | None = None,
+        message: str | None = None,
+    ) -> bool:
+        k, job_key, job_events_key = self._job_keys(queue, job_id)
+        written = await self.scripts.run(
+            "progress",
+            keys=[k.events, job_key, job_events_key],
+            args=[
+                *self._config,
+                attempt,
+                "" if percent is None else f"{max(0.0, min(100.0, percent)):g}",
+                stage or "",
+                message or "",
+            ],
+        )
+        return bool(written)
+
+    async def succeed(
+        self,
+        delivery: Delivery,
+        result: Any,
+        artifacts: Sequence[Artifact] = (),
+        client: Any | None = None,
+    ) -> bool:
+        """Record success. False: the attempt was fenced out (another consumer owns the job)."""
+        k, job_key, job_events_key = self._job_keys(delivery.queue, delivery.job_id)
+        artifact_list = [a.model_dump() for a in artifacts]
+        written = await self.scripts.run(
+            "succeed",
+            keys=[k.jobs, k.events, job_key, job_events_key],
+            args=[
+                *self._config,
+                delivery.entry_id,
+                delivery.attempt,
+                dumps(result),
+                dumps(artifact_list),
+                dumps({"result": result, "artifacts": artifact_list}),
+            ],
+            client=client,
+        )
+        return client is not None or bool(written)
+
+    async def fail(
+        self, delivery: Delivery, error: str, *, retryable: bool, backoff_ms: int
+    ) -> str:
+        """`retrying`, `failed` (dead-lettered), or `fenced` (nothing written)."""
+        k, job_key, job_events_key = self._job_keys(delivery.queue, delivery.job_id)
+        outcome = await self.scripts.run(
+            "fail",
+            keys=[k.jobs, k.events, job_key, job_events_key, k.delayed, k.dead],
+            args=[
+                *self._config,
+                delivery.entry_id,
+                delivery.attempt,
+                error,
+                "1" if retryable else "0",
+                backoff_ms,
+            ],
+        )
+        return _s(outcome[0])
+
+    async def cancelled(self, delivery: Delivery, reason: str) -> bool:
+        k, job_key, job_events_key = self._job_keys(delivery.queue, delivery.job_id)
+        written = await self.scripts.run(
+            "cancelled",
+            keys=[k.jobs, k.events, job_key, job_events_key],
+            args=[*self._config, delivery.entry_id, delivery.attempt, reason],
+        )
+        return bool(written)
+
+    async def renew(self, queue: str, consumer: str, leases: Sequence[Lease]) -> list[LeaseState]:
+        """Extend the leases of this consumer's running jobs, in one round trip."""
+        if not leases:
+            return []
+        k = self.keys(queue)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for lease in leases:
+                await self.scripts.run(
+                    "renew",
+                    keys=[k.jobs, k.job(lease.job_id)],
+                    args=[*self._config, lease.entry_id, consumer, lease.attempt],
+                    client=pipe,
+                )
+            results = await pipe.execute()
+        return [LeaseState(bool(held), bool(cancel)) for held, cancel in results]
+
+    async def cancel_requested(self, queue: str, job_ids: Sequence[str]) -> set[str]:
+        """Which of these jobs a user asked to cancel (polled by workers: cheap, one trip)."""
+        if not job_ids:
+            return set()
+        k = self.keys(queue)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(k.job(job_id), "cancel_requested")
+            flags = await pipe.execute()
+        return {
+            job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag and _s(flag) == "1"
+        }
+
+    async def promote(self, queue: str, limit: int = 1000) -> tuple[int, int | None]:
+        """Move due delayed jobs to the stream. Returns (moved, next due time in ms or None)."""
+        k = self.keys(queue)
+        moved, next_due = await self.scripts.run(
+            "promote", keys=[k.delayed, k.jobs, k.events], args=[*self._config, limit, k.job_prefix]
+        )
+        return int(moved), (None if int(next_due) < 0 else int(next_due))
+
+    async def reclaim(
+        self, queue: str, consumer: str, *, min_idle_ms: int, max_deliveries: int, count: int
+    ) -> ReclaimReport:
+        """Take over entries idle longer than `min_idle_ms` (their consumer stopped renewing).
+        XPENDING finds them; the reclaim script claims each atomically (XCLAIM's idle guard
+        makes concurrent reclaimers safe) and decides: run again, give up, or skip."""
+        k = self.keys(queue)
+        pending = await self.redis.xpending_range(
+            k.jobs, CONSUMER_GROUP, min="-", max="+", count=count, idle=min_idle_ms
+        )
+        if not pending:
+            return ReclaimReport([], [], 0)
+        entry_ids = [_s(p["message_id"]) for p in pending]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry_id in entry_ids:
+                pipe.xrange(k.jobs, entry_id, entry_id)
+            ranges = await pipe.execute()
+        job_ids = {
+            entry_id: _s(rows[0][1][b"job_id" if b"job_id" in rows[0][1] else "job_id"])
+            for entry_id, rows in zip(entry_ids, ranges, strict=True)
+            if rows
+        }
+        deliveries: list[Delivery] = []
+        dead: list[str] = []
+        skipped = 0
+        for entry_id in entry_ids:
+            job_id = job_ids.get(entry_id)
+            if job_id is None:
+                # Deleted while pending (an ack raced us, or a cancel): drop it from the PEL.
+                await self.redis.xack(k.jobs, CONSUMER_GROUP, entry_id)
+                skipped += 1
+                continue
+            result = await self.scripts.run(
+                "reclaim",
+                keys=[k.jobs, k.events, k.job(job_id), k.job_events(job_id), k.dead],
+                args=[*self._config, entry_id, consumer, min_idle_ms, max_deliveries],
+            )
+            verdict = _s(result[0])
+            if verdict == "running":
+                deliveries.append(self._delivery(queue, job_id, entry_id, result[1:]))
+            elif verdict == "dead":
+                dead.append(job_id)
+            else:
+                skipped += 1
+        return ReclaimReport(deliveries, dead, skipped)

@@ -1,0 +1,34 @@
+-- cancel: a user asks to cancel. `scheduled`/`queued` end `cancelled` at once; a `running`
+-- job gets `cancel_requested` and its worker stops the handler, then calls `cancelled`.
+-- KEYS[1] jobs stream  KEYS[2] events stream  KEYS[3] job hash  KEYS[4] job events stream
+-- KEYS[5] delayed zset
+-- ARGV[5] reason
+-- Returns {'cancelled'}, {'requested'}, {'missing'} or {'refused', status}.
+--@include common
+
+local j = redis.call('HMGET', KEYS[3], 'status', 'entry_id', 'id', 'cancel_requested')
+local status = j[1]
+if not status then return {'missing'} end
+
+if status == 'running' then
+  if j[4] ~= '1' then
+    redis.call('HSET', KEYS[3], 'cancel_requested', '1', 'updated_at', tostring(now_ms()))
+    emit(KEYS[2], KEYS[3], KEYS[4], 'job.cancel_requested', {reason = ARGV[5]})
+  end
+  return {'requested'}
+end
+if not allowed(status, 'cancelled') then return {'refused', status} end
+
+if status == 'scheduled' then
+  redis.call('ZREM', KEYS[5], j[3])
+else
+  -- Not yet delivered: deleting the entry means no consumer ever sees it. Delivered but not
+  -- started: its consumer's start finds the job cancelled and skips it.
+  end_delivery(KEYS[1], j[2])
+end
+local now = tostring(now_ms())
+redis.call('HSET', KEYS[3], 'status', 'cancelled', 'error', ARGV[5], 'finished_at', now,
+  'updated_at', now)
+emit(KEYS[2], KEYS[3], KEYS[4], 'job.cancelled', {reason = ARGV[5]})
+expire_finished(KEYS[3], KEYS[4])
+return {'cancelled'}

@@ -1,0 +1,83 @@
+-- Shared by every script. The loader prepends the generated TRANSITIONS and TERMINAL tables
+-- (from schemas.status) above this file, so the state machine is written once, in Python.
+--
+-- Every script takes the same four leading ARGV, the retention settings:
+--   ARGV[1] events_maxlen      cap (approximate) of the queue's events stream
+--   ARGV[2] job_events_maxlen  cap (approximate) of one job's own events stream
+--   ARGV[3] retention_s        how long a finished job's hash and events are kept
+--   ARGV[4] idem_ttl_s         how long an Idempotency-Key is kept after its job ends
+-- and its own arguments from ARGV[5].
+
+local EVENTS_MAXLEN = ARGV[1]
+local JOB_EVENTS_MAXLEN = ARGV[2]
+local RETENTION_S = tonumber(ARGV[3])
+local IDEM_TTL_S = tonumber(ARGV[4])
+local GROUP = 'workers'
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function allowed(from, to)
+  local targets = TRANSITIONS[from]
+  return targets ~= nil and targets[to] == true
+end
+
+-- Refuse an illegal transition. Call it before the first write: Redis does not roll a
+-- script back, so a refusal after a write would leave a half-made change.
+local function check_transition(from, to)
+  if not allowed(from, to) then
+    error({err = 'ILLEGAL_TRANSITION ' .. tostring(from) .. ' -> ' .. tostring(to)})
+  end
+end
+
+-- A delivery has ended: acknowledge it and delete the entry, so the jobs stream holds only
+-- what is still to be done (XACK alone never shrinks a stream).
+local function end_delivery(jobs_key, entry_id)
+  if entry_id and entry_id ~= '' then
+    redis.call('XACK', jobs_key, GROUP, entry_id)
+    redis.call('XDEL', jobs_key, entry_id)
+  end
+end
+
+-- Append one event to the queue's stream and, under the same id, to the job's own stream,
+-- so an SSE `Last-Event-ID` means the same thing in both. `data` is a table, or a JSON
+-- object already encoded by the caller (cjson would turn an empty list into `{}`).
+-- Returns the id.
+local function emit(events_key, job_key, job_events_key, event, data)
+  if type(data) ~= 'string' then data = cjson.encode(data or {}) end
+  local j = redis.call('HMGET', job_key, 'id', 'queue', 'type', 'tenant', 'status', 'attempt')
+  local fields = {
+    'event', event, 'job_id', j[1], 'queue', j[2], 'job_type', j[3], 'tenant', j[4],
+    'status', j[5], 'attempt', j[6], 'ts', tostring(now_ms()), 'data', data
+  }
+  local id = redis.call('XADD', events_key, 'MAXLEN', '~', EVENTS_MAXLEN, '*', unpack(fields))
+  redis.call('XADD', job_events_key, 'MAXLEN', '~', JOB_EVENTS_MAXLEN, id, unpack(fields))
+  redis.call('HSET', job_key, 'last_event_id', id)
+  return id
+end
+
+-- The job has ended: keep its snapshot and history for RETENTION_S, its idempotency key for
+-- IDEM_TTL_S, then let Redis forget them.
+local function expire_finished(job_key, job_events_key)
+  redis.call('EXPIRE', job_key, RETENTION_S)
+  redis.call('EXPIRE', job_events_key, RETENTION_S)
+  local idem = redis.call('HGET', job_key, 'idem_key')
+  if idem and idem ~= '' then
+    redis.call('EXPIRE', idem, IDEM_TTL_S)
+  end
+end
+
+-- The fencing check of every write a worker makes: the job is running, under this attempt.
+local function holds_lease(job_key, attempt)
+  local j = redis.call('HMGET', job_key, 'status', 'attempt')
+  return j[1] == 'running' and j[2] == attempt
+end
+
+local function enqueue(jobs_key, job_key, job_id, job_type, attempt)
+  local entry_id = redis.call('XADD', jobs_key, '*', 'job_id', job_id, 'type', job_type,
+    'attempt', tostring(attempt))
+  redis.call('HSET', job_key, 'entry_id', entry_id)
+  return entry_id
+end

@@ -1,0 +1,62 @@
+-- reclaim: take over an entry whose consumer stopped renewing its lease (crashed, frozen,
+-- partitioned). XCLAIM's min-idle guard makes this race-free: if the owner renewed, or
+-- another consumer claimed first, nothing happens. The new attempt fences the old owner out.
+-- An entry delivered more than max_deliveries times is poison: dead-lettered, job failed.
+-- KEYS[1] jobs stream  KEYS[2] events stream  KEYS[3] job hash  KEYS[4] job events stream
+-- KEYS[5] dead-letter stream
+-- ARGV[5] entry id  ARGV[6] consumer  ARGV[7] min idle ms  ARGV[8] max deliveries
+-- Returns {'running', attempt, type, payload, timeout_s} when this consumer must run the job
+-- now, else {'skipped', reason} or {'dead', deliveries}.
+--@include common
+--@include dead_letter
+
+local entry_id, consumer = ARGV[5], ARGV[6]
+local claimed = redis.call('XCLAIM', KEYS[1], GROUP, consumer, ARGV[7], entry_id)
+if #claimed == 0 then return {'skipped', 'not_idle'} end
+if not claimed[1] then
+  -- The entry was deleted while pending: nothing to run, clear it from the pending list.
+  redis.call('XACK', KEYS[1], GROUP, entry_id)
+  return {'skipped', 'deleted'}
+end
+
+local j = redis.call('HMGET', KEYS[3], 'status', 'entry_id', 'type', 'payload', 'timeout_s',
+  'owner', 'cancel_requested')
+local status = j[1]
+if not status or j[2] ~= entry_id or TERMINAL[status] then
+  end_delivery(KEYS[1], entry_id)
+  return {'skipped', status or 'missing'}
+end
+
+local pending = redis.call('XPENDING', KEYS[1], GROUP, entry_id, entry_id, 1)
+local deliveries = tonumber(pending[1][4])
+if deliveries > tonumber(ARGV[8]) then
+  check_transition(status, 'failed')
+  end_delivery(KEYS[1], entry_id)
+  local text = 'delivered ' .. (deliveries - 1) .. ' times without finishing: its consumers ' ..
+    'crashed or were lost (poison message)'
+  dead_letter(KEYS[2], KEYS[3], KEYS[4], KEYS[5], text, 'poison', {deliveries = deliveries - 1})
+  return {'dead', deliveries - 1}
+end
+
+local now = tostring(now_ms())
+if status == 'running' and j[7] == '1' then
+  check_transition('running', 'cancelled')
+  redis.call('HSET', KEYS[3], 'status', 'cancelled', 'error', 'cancelled by request',
+    'finished_at', now, 'updated_at', now)
+  end_delivery(KEYS[1], entry_id)
+  emit(KEYS[2], KEYS[3], KEYS[4], 'job.cancelled', {reason = 'cancelled by request'})
+  expire_finished(KEYS[3], KEYS[4])
+  return {'skipped', 'cancelled'}
+end
+
+check_transition(status, 'running')
+local attempt = redis.call('HINCRBY', KEYS[3], 'attempt', 1)
+redis.call('HSET', KEYS[3], 'status', 'running', 'owner', consumer, 'updated_at', now)
+if status == 'running' then
+  emit(KEYS[2], KEYS[3], KEYS[4], 'job.reclaimed',
+    {from_owner = j[6], owner = consumer, deliveries = deliveries})
+else
+  redis.call('HSET', KEYS[3], 'started_at', now)
+  emit(KEYS[2], KEYS[3], KEYS[4], 'job.started', {owner = consumer, deliveries = deliveries})
+end
+return {'running', attempt, j[3], j[4], j[5]}

@@ -1,0 +1,20 @@
+-- retry: a user re-runs a `failed` or `cancelled` job: `-> queued` with a fresh budget of
+-- attempts (the attempt counter keeps growing: it is the fencing token).
+-- KEYS[1] jobs stream  KEYS[2] events stream  KEYS[3] job hash  KEYS[4] job events stream
+-- Returns {'queued'}, {'missing'} or {'refused', status}.
+--@include common
+
+local j = redis.call('HMGET', KEYS[3], 'status', 'id', 'type', 'attempt', 'idem_key')
+local status = j[1]
+if not status then return {'missing'} end
+if not allowed(status, 'queued') then return {'refused', status} end
+
+redis.call('PERSIST', KEYS[3])
+redis.call('PERSIST', KEYS[4])
+if j[5] and j[5] ~= '' then redis.call('PERSIST', j[5]) end
+redis.call('HSET', KEYS[3], 'status', 'queued', 'attempt_floor', j[4], 'cancel_requested', '0',
+  'error', '', 'result', '', 'stage', '', 'progress', '0', 'message', '', 'finished_at', '',
+  'updated_at', tostring(now_ms()))
+enqueue(KEYS[1], KEYS[3], j[2], j[3], j[4])
+emit(KEYS[2], KEYS[3], KEYS[4], 'job.queued', {manual_retry = true})
+return {'queued'}

@@ -1,0 +1,48 @@
+"""Conveyor's exceptions, one tree:
+
+ConveyorError
+├── JobNotFound          no such job (or not the caller's: the same answer, no leak)
+├── TransitionRefused    the job's status does not allow the request (HTTP 409)
+├── UnknownJobType       no handler is registered for the type (HTTP 422)
+└── HandlerError         raised by handlers to steer what happens next
+    ├── PermanentError   fail now: retrying cannot help (bad input, 4xx upstream)
+    └── RetryableError   fail this attempt: retry with backoff if attempts are left
+"""
+
+from __future__ import annotations
+
+
+class ConveyorError(Exception):
+    """Base of every exception Conveyor raises on purpose."""
+
+
+class JobNotFound(ConveyorError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} not found")
+        self.job_id = job_id
+
+
+class TransitionRefused(ConveyorError):
+    def __init__(self, job_id: str, status: str, action: str) -> None:
+        super().__init__(f"cannot {action} job {job_id!r}: it is {status}")
+        self.job_id = job_id
+        self.status = status
+        self.action = action
+
+
+class UnknownJobType(ConveyorError):
+    def __init__(self, job_type: str, known: list[str]) -> None:
+        super().__init__(f"unknown job type {job_type!r}; known types: {', '.join(sorted(known))}")
+        self.job_type = job_type
+
+
+class HandlerError(ConveyorError):
+    """Base for errors a handler raises to say how its failure should be treated."""
+
+
+class PermanentError(HandlerError):
+    """Fail the job now, without retrying."""
+
+
+class RetryableError(HandlerError):
+    """Fail this attempt; the job is retried with backoff while attempts are left."""
