@@ -52,7 +52,7 @@ class Delivery:
     attempt: int
     type: str
     payload: dict[str, Any]
-    timeout_s: float
+    timeout_s: float | None  # None: the handler's declared timeout, else the default
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,44 +116,12 @@ class Producer:
     # --- client side: submit, read, cancel, retry ----------------------------------------
 
     async def submit(
-        self,
-        request: SubmitRequest,
-        *,
-        tenant: str = "",
-        idempotency_key: str | None = None,
-        client: Any | None = None,
+        self, request: SubmitRequest, *, tenant: str = "", idempotency_key: str | None = None
     ) -> Submitted:
-        job_id = new_job_id()
-        k, job_key, job_events_key = self._job_keys(request.queue, job_id)
-        max_attempts = request.max_attempts or self.settings.max_attempts
-        timeout_s = request.timeout_s or self.settings.job_timeout_s
-        created, returned_id = await self.scripts.run(
-            "submit",
-            keys=[
-                k.jobs,
-                k.events,
-                job_key,
-                job_events_key,
-                k.delayed,
-                k.idempotency(tenant, idempotency_key or ""),
-                k.tenant_jobs(tenant),
-            ],
-            args=[
-                *self._config,
-                job_id,
-                request.queue,
-                request.type,
-                tenant,
-                dumps(request.payload),
-                max_attempts,
-                timeout_s,
-                int(request.delay_s * 1000),
-                k.job_prefix,
-                "1" if idempotency_key else "0",
-            ],
-            client=client,
+        created, job_id = await self.scripts.run(
+            "submit", *self._submit_call(request, tenant, idempotency_key)
         )
-        return Submitted(_s(returned_id), request.queue, bool(int(created)))
+        return Submitted(_s(job_id), request.queue, bool(int(created)))
 
     async def submit_many(
         self, requests: Sequence[SubmitRequest], *, tenant: str = ""
@@ -161,9 +129,42 @@ class Producer:
         """Submit in one round trip (benchmarks, bulk loads). Returns the job ids."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for request in requests:
-                await self.submit(request, tenant=tenant, client=pipe)
+                await self.scripts.run(
+                    "submit", *self._submit_call(request, tenant, None), client=pipe
+                )
             results = await pipe.execute()
         return [_s(job_id) for _, job_id in results]
+
+    def _submit_call(
+        self, request: SubmitRequest, tenant: str, idempotency_key: str | None
+    ) -> tuple[list[str], list[Any]]:
+        job_id = new_job_id()
+        k, job_key, job_events_key = self._job_keys(request.queue, job_id)
+        keys = [
+            k.jobs,
+            k.events,
+            job_key,
+            job_events_key,
+            k.delayed,
+            k.idempotency(tenant, idempotency_key or ""),
+            k.tenant_jobs(tenant),
+        ]
+        args = [
+            *self._config,
+            job_id,
+            request.queue,
+            request.type,
+            tenant,
+            dumps(request.payload),
+            # Unset stays unset (''): the worker then applies the handler's declared
+            # max_tries and timeout, else the settings' defaults.
+            request.max_attempts or "",
+            request.timeout_s or "",
+            int(request.delay_s * 1000),
+            k.job_prefix,
+            "1" if idempotency_key else "0",
+        ]
+        return keys, args
 
     async def get(self, queue: str, job_id: str) -> Job | None:
         fields = await self.redis.hgetall(self.keys(queue).job(job_id))  # type: ignore[misc]
@@ -249,7 +250,7 @@ class Producer:
             attempt=int(attempt),
             type=_s(job_type),
             payload=json.loads(_s(payload)),
-            timeout_s=float(_s(timeout_s)),
+            timeout_s=float(_s(timeout_s)) if _s(timeout_s) else None,
         )
 
     async def progress(
@@ -280,7 +281,6 @@ class Producer:
         delivery: Delivery,
         result: Any,
         artifacts: Sequence[Artifact] = (),
-        client: Any | None = None,
     ) -> bool:
         """Record success. False: the attempt was fenced out (another consumer owns the job)."""
         k, job_key, job_events_key = self._job_keys(delivery.queue, delivery.job_id)
@@ -296,14 +296,20 @@ class Producer:
                 dumps(artifact_list),
                 dumps({"result": result, "artifacts": artifact_list}),
             ],
-            client=client,
         )
-        return client is not None or bool(written)
+        return bool(written)
 
     async def fail(
-        self, delivery: Delivery, error: str, *, retryable: bool, backoff_ms: int
+        self,
+        delivery: Delivery,
+        error: str,
+        *,
+        retryable: bool,
+        backoff_ms: int,
+        default_max_attempts: int,
     ) -> str:
-        """`retrying`, `failed` (dead-lettered), or `fenced` (nothing written)."""
+        """`retrying`, `failed` (dead-lettered), or `fenced` (nothing written).
+        `default_max_attempts` applies when the job was submitted without `max_attempts`."""
         k, job_key, job_events_key = self._job_keys(delivery.queue, delivery.job_id)
         outcome = await self.scripts.run(
             "fail",
@@ -315,6 +321,7 @@ class Producer:
                 error,
                 "1" if retryable else "0",
                 backoff_ms,
+                default_max_attempts,
             ],
         )
         return _s(outcome[0])

@@ -56,8 +56,8 @@ class Job(BaseModel):
     progress: float = 0
     message: str | None = None
     attempt: int = 0
-    max_attempts: int = 1
-    timeout_s: float = 300
+    max_attempts: int | None = None  # None: the handler's declared max_tries, else the default
+    timeout_s: float | None = None  # None: the handler's declared timeout, else the default
     owner: str | None = None
     payload: dict[str, Any] = Field(default_factory=dict)
     result: Any = None
@@ -94,8 +94,8 @@ class Job(BaseModel):
             progress=float(fields.get("progress") or 0),
             message=fields.get("message"),
             attempt=int(fields.get("attempt") or 0),
-            max_attempts=int(fields.get("max_attempts") or 1),
-            timeout_s=float(fields.get("timeout_s") or 300),
+            max_attempts=int(fields["max_attempts"]) if fields.get("max_attempts") else None,
+            timeout_s=float(fields["timeout_s"]) if fields.get("timeout_s") else None,
             owner=fields.get("owner"),
             payload=_json_or(fields.get("payload"), {}),
             result=_json_or(fields.get("result"), None),

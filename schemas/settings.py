@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./.conveyor")
     key_prefix: str = "conveyor"
     queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["default"])
+    # The worker settings (arq style: `functions`, `on_startup`, ...) that declare the job
+    # types. Workers run them; the gateway reads the type names from it to refuse unknown ones.
+    handlers: str = "consumers.handlers:WorkerSettings"
 
     # Gateway.
     host: str = "127.0.0.1"

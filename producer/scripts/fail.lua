@@ -5,6 +5,7 @@
 -- KEYS[5] delayed zset  KEYS[6] dead-letter stream
 -- ARGV[5] entry id  ARGV[6] attempt (fencing)  ARGV[7] error text  ARGV[8] '1' if retryable
 -- ARGV[9] backoff in ms (the caller draws the jitter)
+-- ARGV[10] max attempts when the job did not set its own (the handler's declared max_tries)
 -- Returns {'retrying', due_ms}, {'failed', 0}, or {'fenced', 0} (nothing written).
 --@include common
 --@include dead_letter
@@ -12,7 +13,8 @@
 if not holds_lease(KEYS[3], ARGV[6]) then return {'fenced', 0} end
 local j = redis.call('HMGET', KEYS[3], 'attempt', 'attempt_floor', 'max_attempts')
 local used = tonumber(j[1]) - tonumber(j[2] or 0)
-local retry = ARGV[8] == '1' and used < tonumber(j[3])
+local max_attempts = tonumber(j[3]) or tonumber(ARGV[10])
+local retry = ARGV[8] == '1' and used < max_attempts
 local now = now_ms()
 
 if retry then

@@ -1,0 +1,28 @@
+"""The built-in handlers and the default worker settings that declare them.
+
+A user's worker settings module looks the same (arq style) and is chosen with
+`conveyor worker --handlers mymodule:WorkerSettings` or `CONVEYOR_HANDLERS`:
+
+    class WorkerSettings:
+        functions = [func(resize, name="resize", timeout=600, max_tries=3), noop]
+        on_startup = open_http_client   # async def on_startup(ctx: dict) -> None
+        on_shutdown = close_http_client
+"""
+
+from __future__ import annotations
+
+from arq.worker import func
+
+from consumers.handlers.builtin import noop, sleep
+from consumers.handlers.ingest import ingest_url
+
+# arq types a handler's ctx as a dict; ours receive a JobContext (which also answers ctx[...]).
+BUILTIN_FUNCTIONS = [
+    func(noop, name="noop"),  # type: ignore[arg-type]
+    func(sleep, name="sleep"),  # type: ignore[arg-type]
+    func(ingest_url, name="ingest_url"),  # type: ignore[arg-type]
+]
+
+
+class WorkerSettings:
+    functions = BUILTIN_FUNCTIONS

@@ -1,0 +1,493 @@
+"""The consumer: an arq `Worker` whose fetch and ack path is a Redis Stream consumer group.
+
+The seam with arq (0.28, pinned to its minor version in pyproject.toml), kept small:
+
+Used as arq ships it
+    `func()`/`Function` declarations (name, timeout, max_tries), `Retry(defer=...)`, the
+    `ctx` dict with `on_startup`/`on_shutdown`/`on_job_start`/`on_job_end` hooks, signal
+    handling with a grace period (`handle_sig_wait_for_completion`: stop fetching, let running
+    jobs finish for `job_completion_wait`, then cancel), `run()`, `async_run()`, `close()`,
+    `burst`, `max_jobs` as concurrency, the health-check key, and `__repr__`'s counters.
+
+Overridden, because arq's versions read its sorted-set queue
+    `main()`           the consumer loop: XREADGROUP, start scripts, run, finish scripts
+    `record_health()`  reports the stream and this consumer instead of arq's zset
+
+Not used (arq's sorted-set path, never called by the `main` here)
+    `_poll_iteration`, `start_jobs`, `run_job`, `finish_job`, `finish_failed_job`,
+    `_cancel_aborted_jobs`, `heart_beat`, `run_cron`.
+
+Alongside the loop run four small tasks: lease renewal, reclaiming idle entries of dead
+consumers, promoting due delayed jobs, and watching for cancel requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from arq.connections import ArqRedis
+from arq.worker import Function, Retry, Worker
+
+from consumers import registry
+from consumers.context import JobContext
+from producer import Delivery, Lease, Producer
+from schemas.errors import PermanentError
+from schemas.keys import CONSUMER_GROUP, QueueKeys
+from schemas.settings import Settings
+
+logger = logging.getLogger("conveyor.worker")
+
+CANCEL_POLL_S = 0.5  # a cancel request reaches a running handler within this (plus a trip)
+MAX_ERROR_CHARS = 2000
+
+
+def consumer_name() -> str:
+    """Unique per process, readable in `XINFO CONSUMERS`: host, pid, and a random tail so a
+    restarted process with a recycled pid is a new consumer."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def backoff_ms(attempt: int, base_s: float, cap_s: float) -> int:
+    """Exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff And
+    Jitter"): spreads retries of jobs that failed together."""
+    ceiling = min(cap_s, base_s * 2 ** max(0, attempt - 1))
+    return int(random.uniform(0, ceiling) * 1000)
+
+
+def describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text[:MAX_ERROR_CHARS]
+
+
+class Running:
+    """One handler this consumer is running: its lease, its task, and why it was stopped."""
+
+    def __init__(self, delivery: Delivery) -> None:
+        self.delivery = delivery
+        self.task: asyncio.Task[Any] | None = None
+        self.stop_reason: str | None = None  # "cancelled" | "lease_lost"
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None and self.task is not None and not self.task.done():
+            self.stop_reason = reason
+            self.task.cancel()
+
+    @property
+    def lease(self) -> Lease:
+        d = self.delivery
+        return Lease(d.job_id, d.entry_id, d.attempt)
+
+
+class ConveyorWorker(Worker):
+    """Runs one queue's jobs. `await worker.async_run()` or `worker.run()`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: ArqRedis,
+        *,
+        queue: str = "default",
+        handlers: str | None = None,
+        concurrency: int | None = None,
+        burst: bool = False,
+        handle_signals: bool = True,
+        name: str | None = None,
+    ) -> None:
+        worker_settings = registry.load_worker_settings(handlers or settings.handlers)
+        hooks: dict[str, Any] = {
+            hook: getattr(worker_settings, hook, None)
+            for hook in ("on_startup", "on_shutdown", "on_job_start", "on_job_end")
+        }
+        self.settings = settings
+        self.queue = queue
+        self.keys = QueueKeys(queue, settings.key_prefix)
+        self.consumer = name or consumer_name()
+        self.producer = Producer(redis, settings)
+        super().__init__(
+            functions=list(registry.functions(settings, handlers).values()),
+            queue_name=queue,
+            redis_pool=redis,
+            burst=burst,
+            handle_signals=handle_signals,
+            job_completion_wait=int(settings.shutdown_grace_s),
+            max_jobs=concurrency or settings.concurrency,
+            job_timeout=settings.job_timeout_s,
+            max_tries=settings.max_attempts,
+            health_check_interval=max(1, int(settings.visibility_timeout_s)),
+            health_check_key=f"{self.keys.base}:health:{self.consumer}",
+            ctx={"settings": settings, "queue": queue},
+            **hooks,
+        )
+        self.running: dict[str, Running] = {}
+        self.jobs_cancelled = 0
+        self.reclaimed = 0
+        self.dead_lettered = 0
+        self._slot_free = asyncio.Event()
+        self._storage: Any = None
+
+    # --- the loop ------------------------------------------------------------------------
+
+    async def main(self) -> None:
+        """Fetch with XREADGROUP as many entries as there are free slots, start them with one
+        pipelined round trip of start scripts, run each in its own task. Until a signal
+        (arq's handler clears `allow_pick_jobs`) or, in burst mode, until the queue is empty."""
+        await self._startup()
+        helpers = [
+            asyncio.create_task(loop())
+            for loop in (self._renew_leases, self._reclaim, self._promote, self._watch_cancels)
+        ]
+        try:
+            while self.allow_pick_jobs:
+                free = self.max_jobs - len(self.running)
+                if free <= 0:
+                    self._slot_free.clear()
+                    await self._slot_free.wait()
+                    continue
+                entries = await self._fetch(free)
+                for delivery in await self.producer.start(self.queue, entries, self.consumer):
+                    self._spawn(delivery)
+                if self.burst and not entries and await self._drained():
+                    break
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+        if self.tasks:
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+
+    async def _startup(self) -> None:
+        await self.producer.ensure_group(self.queue)
+        await warn_if_evicting(self.pool)
+        logger.info(
+            "consumer %s on queue %r: %d functions (%s), concurrency %d",
+            self.consumer,
+            self.queue,
+            len(self.functions),
+            ", ".join(self.functions),
+            self.max_jobs,
+        )
+        self.ctx["redis"] = self.pool
+        if self.settings.s3_endpoint:
+            from consumers.storage import Storage
+
+            self._storage = Storage.from_settings(self.settings)
+            await self._storage.ensure_bucket()
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+
+    async def _fetch(self, count: int) -> list[tuple[str, str]]:
+        """(entry id, job id) of up to `count` entries never delivered to any consumer."""
+        reply = await self.pool.xreadgroup(
+            CONSUMER_GROUP,
+            self.consumer,
+            {self.keys.jobs: ">"},
+            count=count,
+            block=self.settings.block_ms,
+        )
+        await self.pool.hset(  # type: ignore[misc]
+            self.keys.consumer_seen(), self.consumer, str(int(time.time() * 1000))
+        )
+        return [
+            (entry_id, fields["job_id"]) for _, rows in reply or () for entry_id, fields in rows
+        ]
+
+    async def _drained(self) -> bool:
+        """Burst mode's exit: nothing running here, nothing in the stream (undelivered or
+        pending anywhere), nothing delayed."""
+        if self.running:
+            return False
+        async with self.pool.pipeline(transaction=False) as pipe:
+            pipe.xlen(self.keys.jobs)
+            pipe.zcard(self.keys.delayed)
+            stream_len, delayed = await pipe.execute()
+        return int(stream_len) == 0 and int(delayed) == 0
+
+    def _spawn(self, delivery: Delivery) -> None:
+        running = Running(delivery)
+        self.running[delivery.job_id] = running
+        task = asyncio.create_task(self._run(running), name=f"conveyor-job-{delivery.job_id}")
+        self.tasks[delivery.job_id] = task
+
+        def forget(_: asyncio.Task[None]) -> None:
+            self.tasks.pop(delivery.job_id, None)
+            self.running.pop(delivery.job_id, None)
+            self._slot_free.set()
+
+        task.add_done_callback(forget)
+
+    # --- one job ---------------------------------------------------------------------------
+
+    async def _run(self, running: Running) -> None:
+        """Run one delivery and record its outcome with one fenced script."""
+        d = running.delivery
+        function = self.functions.get(d.type)
+        if not isinstance(function, Function):  # arq keeps cron jobs here too; we run none
+            function = None
+        log = logging.LoggerAdapter(
+            logger, {"job_id": d.job_id, "type": d.type, "attempt": d.attempt, "queue": d.queue}
+        )
+        if function is None:
+            await self._fail(
+                d, PermanentError(f"no handler for job type {d.type!r} here"), function
+            )
+            return
+        ctx = self._context(running, log)
+        timeout_s = d.timeout_s or function.timeout_s or self.job_timeout_s
+        started = time.monotonic()
+        log.info("started %s attempt %d", d.type, d.attempt)
+        try:
+            if self.on_job_start:
+                await self.on_job_start(self.ctx)
+            # arq types ctx as a dict; ours is a JobContext that also answers ctx["name"].
+            running.task = asyncio.create_task(function.coroutine(ctx, **d.payload))  # type: ignore[arg-type]
+            self.job_tasks[d.job_id] = running.task
+            result = await asyncio.wait_for(running.task, timeout_s)
+        except asyncio.CancelledError:
+            await self._stopped(running, log)
+            return
+        except TimeoutError:
+            if running.stop_reason is not None:  # cancelled while wait_for was timing out
+                await self._stopped(running, log)
+                return
+            await self._fail(d, TimeoutError(f"timed out after {timeout_s:g}s"), function)
+            return
+        except Exception as exc:
+            log.info("attempt %d failed: %s", d.attempt, describe(exc))
+            await self._fail(d, exc, function)
+            return
+        finally:
+            self.job_tasks.pop(d.job_id, None)
+            if self.on_job_end:
+                await self.on_job_end(self.ctx)
+        artifacts = list(getattr(ctx._storage, "artifacts", []))
+        if await self.producer.succeed(d, result, artifacts):
+            self.jobs_complete += 1
+            log.info("succeeded in %.3fs", time.monotonic() - started)
+        else:
+            log.warning("succeeded, but the job was taken over meanwhile: result dropped")
+
+    async def _stopped(self, running: Running, log: logging.LoggerAdapter[logging.Logger]) -> None:
+        """The handler's task was cancelled: by a user's request, because the lease was lost,
+        or because this worker is shutting down (then the entry stays pending for another
+        consumer to reclaim, and the cancellation propagates)."""
+        d = running.delivery
+        if running.stop_reason == "cancelled":
+            if await self.producer.cancelled(d, "cancelled by request"):
+                self.jobs_cancelled += 1
+                log.info("cancelled by request")
+            return
+        if running.stop_reason == "lease_lost":
+            log.warning("lease lost to another consumer; stopped without writing")
+            return
+        if running.task is not None and not running.task.done():
+            running.task.cancel()
+            with contextlib.suppress(BaseException):
+                await running.task
+        log.info("shutting down: left pending for another consumer to reclaim")
+        raise asyncio.CancelledError
+
+    async def _fail(self, d: Delivery, exc: BaseException, function: Function | None) -> None:
+        retryable = not isinstance(exc, PermanentError)
+        if isinstance(exc, Retry) and exc.defer_score is not None:
+            delay_ms = int(exc.defer_score)
+        else:
+            delay_ms = backoff_ms(
+                d.attempt, self.settings.backoff_base_s, self.settings.backoff_max_s
+            )
+        max_tries = (function.max_tries if function else None) or self.max_tries
+        outcome = await self.producer.fail(
+            d,
+            describe(exc),
+            retryable=retryable,
+            backoff_ms=delay_ms,
+            default_max_attempts=max_tries,
+        )
+        if outcome == "retrying":
+            self.jobs_retried += 1
+        elif outcome == "failed":
+            self.jobs_failed += 1
+
+    def _context(self, running: Running, log: logging.LoggerAdapter[logging.Logger]) -> JobContext:
+        d = running.delivery
+
+        async def report(percent: float | None, stage: str | None, message: str | None) -> None:
+            if not await self.producer.progress(
+                d.queue, d.job_id, d.attempt, percent, stage, message
+            ):
+                running.stop("lease_lost")
+
+        storage = None
+        if self._storage is not None:
+            from consumers.storage import JobStorage
+
+            storage = JobStorage(self._storage, d.queue, d.job_id)
+        return JobContext(
+            job_id=d.job_id,
+            queue=d.queue,
+            job_type=d.type,
+            attempt=d.attempt,
+            worker_ctx=self.ctx,
+            report_progress=report,
+            storage=storage,
+            log=log,
+            min_progress_interval_s=self.settings.progress_interval_s,
+        )
+
+    # --- the helpers beside the loop --------------------------------------------------------
+
+    async def _every(self, interval_s: float, step: Callable[[], Awaitable[None]]) -> None:
+        """Run `step` every `interval_s`, surviving errors (Redis restarts, timeouts)."""
+        while True:
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("%s failed; retrying in %.1fs", step.__name__, interval_s)
+            await asyncio.sleep(interval_s)
+
+    async def _renew_leases(self) -> None:
+        async def renew() -> None:
+            running = list(self.running.values())
+            states = await self.producer.renew(
+                self.queue, self.consumer, [r.lease for r in running]
+            )
+            for r, state in zip(running, states, strict=True):
+                if not state.held:
+                    r.stop("lease_lost")
+                elif state.cancel_requested:
+                    r.stop("cancelled")
+
+        await self._every(self.settings.lease_renew_interval_s, renew)
+
+    async def _watch_cancels(self) -> None:
+        async def watch() -> None:
+            if not self.running:
+                return
+            for job_id in await self.producer.cancel_requested(self.queue, list(self.running)):
+                if job_id in self.running:
+                    self.running[job_id].stop("cancelled")
+
+        await self._every(CANCEL_POLL_S, watch)
+
+    async def _reclaim(self) -> None:
+        async def reclaim() -> None:
+            free = self.max_jobs - len(self.running)
+            if free <= 0 or not self.allow_pick_jobs:
+                return
+            report = await self.producer.reclaim(
+                self.queue,
+                self.consumer,
+                min_idle_ms=int(self.settings.visibility_timeout_s * 1000),
+                max_deliveries=self.settings.max_deliveries,
+                count=free,
+            )
+            self.dead_lettered += len(report.dead)
+            for delivery in report.deliveries:
+                self.reclaimed += 1
+                logger.warning("reclaimed job %s (attempt %d)", delivery.job_id, delivery.attempt)
+                self._spawn(delivery)
+
+        await self._every(self.settings.reclaim_interval_s, reclaim)
+
+    async def _promote(self) -> None:
+        """Move due delayed jobs to the stream; sleep until the next is due (at most 1 s, so a
+        job delayed by another process is not missed for long)."""
+        while True:
+            try:
+                _, next_due_ms = await self.producer.promote(self.queue)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("promote failed")
+                next_due_ms = None
+            wait_s = 1.0
+            if next_due_ms is not None:
+                wait_s = min(1.0, max(0.01, next_due_ms / 1000 - time.time()))
+            await asyncio.sleep(wait_s)
+
+    # --- arq hooks ---------------------------------------------------------------------------
+
+    async def record_health(self) -> None:
+        now = time.time()
+        if now - self._last_health_check < self.health_check_interval:
+            return
+        self._last_health_check = now
+        info = (
+            f"{time.strftime('%b-%d %H:%M:%S')} j_complete={self.jobs_complete} "
+            f"j_failed={self.jobs_failed} j_retried={self.jobs_retried} "
+            f"j_ongoing={len(self.running)} reclaimed={self.reclaimed}"
+        )
+        await self.pool.psetex(
+            self.health_check_key, int((self.health_check_interval + 1) * 1000), info
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<ConveyorWorker {self.consumer} queue={self.queue} j_complete={self.jobs_complete} "
+            f"j_failed={self.jobs_failed} j_retried={self.jobs_retried} "
+            f"j_cancelled={self.jobs_cancelled} reclaimed={self.reclaimed} "
+            f"dead_lettered={self.dead_lettered} j_ongoing={len(self.running)}>"
+        )
+
+
+async def warn_if_evicting(redis: Any) -> None:
+    """A Redis that evicts keys under memory pressure can silently drop jobs: say so loudly."""
+    try:
+        policy = (await redis.config_get("maxmemory-policy")).get("maxmemory-policy")
+    except Exception:  # CONFIG may be disabled (managed Redis): nothing to check then
+        return
+    if policy and policy != "noeviction":
+        logger.warning(
+            "Redis maxmemory-policy is %r: under memory pressure Redis may evict job keys. "
+            "Set maxmemory-policy noeviction for Conveyor's durability contract.",
+            policy,
+        )
+
+
+def connect(settings: Settings, block_ms: int | None = None) -> ArqRedis:
+    """A client for a worker: its socket timeout outlasts the blocking XREADGROUP."""
+    if not settings.redis_url:
+        raise RuntimeError(
+            "CONVEYOR_REDIS_URL is not set (`conveyor run` starts an embedded Redis)"
+        )
+    block_s = (block_ms or settings.block_ms) / 1000
+    return ArqRedis.from_url(  # type: ignore[no-any-return]
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=block_s + 10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        retry_on_timeout=True,
+    )
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    queue: str = "default",
+    concurrency: int | None = None,
+    burst: bool = False,
+    handlers: str | None = None,
+) -> int:
+    """`conveyor worker`: run until SIGTERM/SIGINT (or until drained with `burst`)."""
+    worker = ConveyorWorker(
+        settings,
+        connect(settings),
+        queue=queue,
+        handlers=handlers,
+        concurrency=concurrency,
+        burst=burst,
+    )
+    worker.run()
+    logger.info("stopped: %r", worker)
+    return 0

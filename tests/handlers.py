@@ -1,0 +1,66 @@
+"""Handlers for the tests: the built-ins plus ones that crash, hang, fail and clean up."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from arq.worker import Retry, func
+
+from consumers.context import JobContext
+from consumers.errors import PermanentError
+from consumers.handlers.builtin import noop, sleep
+
+
+async def crash(ctx: JobContext, **_: Any) -> None:
+    """Kills its own process, as a segfault or an OOM kill would."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def permanent(ctx: JobContext, reason: str = "bad input") -> None:
+    raise PermanentError(reason)
+
+
+async def flaky(ctx: JobContext, fail_attempts: int = 1, defer_s: float = 0.05) -> int:
+    """arq's control-flow exception: retry after `defer_s`."""
+    if ctx.attempt <= fail_attempts:
+        raise Retry(defer=defer_s)
+    return ctx.attempt
+
+
+async def hang(ctx: JobContext, marker: str = "") -> None:
+    """Runs until cancelled; records that its cleanup ran (a file, visible across processes)."""
+    await ctx.progress(1, stage="hanging")
+    try:
+        await asyncio.Event().wait()
+    finally:
+        if marker:
+            Path(marker).write_text(f"cleaned up attempt {ctx.attempt}")
+
+
+async def record(ctx: JobContext, path: str, seconds: float = 0.0) -> str:
+    """Appends `job_id attempt` to a file each time it runs, so tests count executions."""
+    with open(path, "a") as f:
+        f.write(f"{ctx.job_id} {ctx.attempt} {os.getpid()}\n")
+    if seconds:
+        steps = max(1, int(seconds * 4))
+        for i in range(steps):
+            await asyncio.sleep(seconds / steps)
+            await ctx.progress(100 * (i + 1) / steps, stage="recording")
+    return ctx.job_id
+
+
+class WorkerSettings:
+    functions = [
+        func(noop, name="noop"),  # type: ignore[arg-type]
+        func(sleep, name="sleep"),  # type: ignore[arg-type]
+        func(crash, name="crash"),  # type: ignore[arg-type]
+        func(permanent, name="permanent"),  # type: ignore[arg-type]
+        func(flaky, name="flaky"),  # type: ignore[arg-type]
+        func(hang, name="hang"),  # type: ignore[arg-type]
+        func(record, name="record"),  # type: ignore[arg-type]
+        func(sleep, name="short_timeout", timeout=0.3, max_tries=2),  # type: ignore[arg-type]
+    ]
