@@ -12,6 +12,8 @@ Used as arq ships it
 Overridden, because arq's versions read its sorted-set queue
     `main()`           the consumer loop: XREADGROUP, start scripts, run, finish scripts
     `record_health()`  reports the stream and this consumer instead of arq's zset
+    `close()`          as arq's, but with redis-py 5's `aclose()` (arq calls the deprecated
+                       `close()`) and without waiting on tasks that already ended
 
 Not used (arq's sorted-set path, never called by the `main` here)
     `_poll_iteration`, `start_jobs`, `run_job`, `finish_job`, `finish_failed_job`,
@@ -29,6 +31,7 @@ import logging
 import os
 import random
 import secrets
+import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -47,6 +50,7 @@ from schemas.settings import Settings
 logger = logging.getLogger("conveyor.worker")
 
 CANCEL_POLL_S = 0.5  # a cancel request reaches a running handler within this (plus a trip)
+HELPER_STOP_S = 2.0
 MAX_ERROR_CHARS = 2000
 
 
@@ -132,6 +136,7 @@ class ConveyorWorker(Worker):
         self.reclaimed = 0
         self.dead_lettered = 0
         self._slot_free = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._storage: Any = None
 
     # --- the loop ------------------------------------------------------------------------
@@ -158,9 +163,12 @@ class ConveyorWorker(Worker):
                 if self.burst and not entries and await self._drained():
                     break
         finally:
+            # The helpers stop on the flag; cancelling alone is not enough, since a cancel
+            # that lands inside a redis-py call can be swallowed (seen with redis-py 5.3).
+            self._stopping.set()
             for helper in helpers:
                 helper.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            await asyncio.wait(helpers, timeout=HELPER_STOP_S)
         if self.tasks:
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
 
@@ -344,16 +352,22 @@ class ConveyorWorker(Worker):
 
     # --- the helpers beside the loop --------------------------------------------------------
 
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when the worker stops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
     async def _every(self, interval_s: float, step: Callable[[], Awaitable[None]]) -> None:
-        """Run `step` every `interval_s`, surviving errors (Redis restarts, timeouts)."""
-        while True:
+        """Run `step` every `interval_s` until the worker stops, surviving errors (Redis
+        restarts, timeouts)."""
+        while not self._stopping.is_set():
             try:
                 await step()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("%s failed; retrying in %.1fs", step.__name__, interval_s)
-            await asyncio.sleep(interval_s)
+            await self._pause(interval_s)
 
     async def _renew_leases(self) -> None:
         async def renew() -> None:
@@ -402,7 +416,7 @@ class ConveyorWorker(Worker):
     async def _promote(self) -> None:
         """Move due delayed jobs to the stream; sleep until the next is due (at most 1 s, so a
         job delayed by another process is not missed for long)."""
-        while True:
+        while not self._stopping.is_set():
             try:
                 _, next_due_ms = await self.producer.promote(self.queue)
             except asyncio.CancelledError:
@@ -413,7 +427,7 @@ class ConveyorWorker(Worker):
             wait_s = 1.0
             if next_due_ms is not None:
                 wait_s = min(1.0, max(0.01, next_due_ms / 1000 - time.time()))
-            await asyncio.sleep(wait_s)
+            await self._pause(wait_s)
 
     # --- arq hooks ---------------------------------------------------------------------------
 
@@ -430,6 +444,18 @@ class ConveyorWorker(Worker):
         await self.pool.psetex(
             self.health_check_key, int((self.health_check_interval + 1) * 1000), info
         )
+
+    async def close(self) -> None:
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)
+        if not self._pool:
+            return
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await self.pool.delete(self.health_check_key)
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
+        await self.pool.aclose()
+        self._pool = None
 
     def __repr__(self) -> str:
         return (
@@ -480,6 +506,7 @@ def run_worker(
     handlers: str | None = None,
 ) -> int:
     """`conveyor worker`: run until SIGTERM/SIGINT (or until drained with `burst`)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     worker = ConveyorWorker(
         settings,
         connect(settings),
