@@ -1,0 +1,272 @@
+"""The state machine against a real Redis: every allowed transition is taken by a script,
+every refused one is refused by Redis, and each write lands in hash, events and queue at once."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import redis.asyncio as aioredis
+
+from producer import Producer
+from producer import Lease
+from producer.scripts import library_source
+from schemas import TRANSITIONS, JobStatus, SubmitRequest
+from schemas.errors import JobNotFound, TransitionRefused
+from tests.integration.conftest import Driver
+
+S = JobStatus
+
+# The Lua table, queried through the same `allowed` every script uses.
+ALLOWED_PROBE = library_source() + "\nreturn allowed(ARGV[5], ARGV[6]) and 1 or 0"
+
+
+@pytest.mark.parametrize(("source", "target"), list(itertools.product(S, S)))
+async def test_lua_table_matches_python(redis: aioredis.Redis, source: S, target: S) -> None:
+    allowed = await redis.eval(ALLOWED_PROBE, 0, 1, 1, 1, 1, source.value, target.value)
+    assert bool(allowed) == (target in TRANSITIONS[source])
+
+
+async def test_an_illegal_transition_raises_inside_redis(redis: aioredis.Redis) -> None:
+    probe = ALLOWED_PROBE.replace(
+        "return allowed(ARGV[5], ARGV[6]) and 1 or 0", "check_transition(ARGV[5], ARGV[6])"
+    )
+    with pytest.raises(aioredis.ResponseError, match="ILLEGAL_TRANSITION succeeded -> running"):
+        await redis.eval(probe, 0, 1, 1, 1, 1, "succeeded", "running")
+
+
+async def test_submit_writes_hash_event_and_entry_together(
+    driver: Driver, producer: Producer
+) -> None:
+    job_id = await driver.submit(payload={"x": 1})
+    job = await producer.get(driver.queue, job_id)
+    assert job is not None and job.status is S.QUEUED and job.payload == {"x": 1}
+    events = await producer.events(driver.queue, job_id)
+    assert [e.event.value for e in events] == ["job.queued"]
+    assert job.last_event_id == events[0].id
+    entries = await driver.deliver()
+    assert [jid for _, jid in entries] == [job_id]
+    queue_events = await driver.redis.xrange(producer.keys(driver.queue).events)
+    assert [eid for eid, _ in queue_events] == [events[0].id]  # same id in both streams
+
+
+async def test_scheduled_to_queued_by_promote(driver: Driver, producer: Producer) -> None:
+    job_id = await driver.submit(delay_s=0.001)
+    assert await driver.status(job_id) is S.SCHEDULED
+    await driver.redis.zadd(producer.keys(driver.queue).delayed, {job_id: 0})  # due now
+    moved, next_due = await producer.promote(driver.queue)
+    assert (moved, next_due) == (1, None)
+    assert await driver.status(job_id) is S.QUEUED
+    assert await driver.event_types(job_id) == ["job.scheduled", "job.queued"]
+    assert await producer.promote(driver.queue) == (0, None)  # never enqueued twice
+
+
+async def test_queued_to_running_by_start(driver: Driver) -> None:
+    delivery = await driver.running()
+    assert delivery.attempt == 1
+    assert await driver.status(delivery.job_id) is S.RUNNING
+    assert await driver.event_types(delivery.job_id) == ["job.queued", "job.started"]
+
+
+async def test_running_to_succeeded_ends_the_delivery(driver: Driver, producer: Producer) -> None:
+    delivery = await driver.running()
+    assert await producer.succeed(delivery, {"n": 1})
+    job = await producer.get(driver.queue, delivery.job_id)
+    assert job is not None and job.status is S.SUCCEEDED and job.result == {"n": 1}
+    jobs_key = producer.keys(driver.queue).jobs
+    assert await driver.redis.xlen(jobs_key) == 0
+    assert (await driver.redis.xpending(jobs_key, "workers"))["pending"] == 0
+    assert await driver.redis.ttl(producer.keys(driver.queue).job(delivery.job_id)) > 0
+
+
+async def test_running_to_scheduled_on_retryable_error(driver: Driver, producer: Producer) -> None:
+    delivery = await driver.running()
+    outcome = await producer.fail(
+        delivery, "flaky", retryable=True, backoff_ms=60_000, default_max_attempts=5
+    )
+    assert outcome == "retrying"
+    assert await driver.status(delivery.job_id) is S.SCHEDULED
+    assert await driver.redis.zscore(producer.keys(driver.queue).delayed, delivery.job_id)
+    assert (await driver.event_types(delivery.job_id))[-1] == "job.retrying"
+
+
+async def test_running_to_failed_dead_letters(driver: Driver, producer: Producer) -> None:
+    delivery = await driver.running()
+    outcome = await producer.fail(
+        delivery, "broken", retryable=False, backoff_ms=0, default_max_attempts=5
+    )
+    assert outcome == "failed"
+    job = await producer.get(driver.queue, delivery.job_id)
+    assert job is not None and job.status is S.FAILED and job.error == "broken"
+    dead = await driver.redis.xrange(producer.keys(driver.queue).dead)
+    assert [fields["job_id"] for _, fields in dead] == [delivery.job_id]
+    events = await producer.events(driver.queue, delivery.job_id)
+    assert events[-1].event.value == "job.failed" and events[-1].data["error"] == "broken"
+
+
+async def test_retry_budget_exhausted_fails(driver: Driver, producer: Producer) -> None:
+    delivery = await driver.running(max_attempts=1)
+    outcome = await producer.fail(
+        delivery, "x", retryable=True, backoff_ms=0, default_max_attempts=9
+    )
+    assert outcome == "failed"
+
+
+@pytest.mark.parametrize("status", [S.SCHEDULED, S.QUEUED])
+async def test_cancel_before_running_is_immediate(
+    driver: Driver, producer: Producer, status: S
+) -> None:
+    job_id = await driver.job_in(status)
+    assert await producer.cancel(driver.queue, job_id) == "cancelled"
+    assert await driver.status(job_id) is S.CANCELLED
+    keys = producer.keys(driver.queue)
+    assert await driver.redis.xlen(keys.jobs) == 0
+    assert await driver.redis.zcard(keys.delayed) == 0
+
+
+async def test_cancel_running_requests_then_worker_confirms(
+    driver: Driver, producer: Producer
+) -> None:
+    delivery = await driver.running()
+    assert await producer.cancel(driver.queue, delivery.job_id) == "requested"
+    assert await producer.cancel(driver.queue, delivery.job_id) == "requested"  # idempotent
+    assert await driver.status(delivery.job_id) is S.RUNNING
+    assert await producer.cancelled(delivery, "cancelled by request")
+    assert await driver.event_types(delivery.job_id) == [
+        "job.queued",
+        "job.started",
+        "job.cancel_requested",
+        "job.cancelled",
+    ]
+
+
+@pytest.mark.parametrize("status", [S.FAILED, S.CANCELLED])
+async def test_manual_retry_requeues_with_a_fresh_budget(
+    driver: Driver, producer: Producer, status: S
+) -> None:
+    job_id = await driver.job_in(status)
+    assert await producer.retry(driver.queue, job_id) == "queued"
+    job = await producer.get(driver.queue, job_id)
+    assert job is not None and job.status is S.QUEUED and job.error is None
+    assert await driver.redis.ttl(producer.keys(driver.queue).job(job_id)) == -1
+    entries = await driver.deliver()
+    (delivery,) = await producer.start(driver.queue, entries, "c2")
+    assert delivery.attempt == 2  # the fencing token keeps growing
+
+
+@pytest.mark.parametrize("status", [S.SCHEDULED, S.QUEUED, S.RUNNING, S.SUCCEEDED])
+async def test_manual_retry_refused(driver: Driver, producer: Producer, status: S) -> None:
+    job_id = await driver.job_in(status)
+    with pytest.raises(TransitionRefused, match=status.value):
+        await producer.retry(driver.queue, job_id)
+    assert await driver.status(job_id) is status
+
+
+@pytest.mark.parametrize("status", [S.SUCCEEDED, S.FAILED, S.CANCELLED])
+async def test_cancel_refused_once_ended(driver: Driver, producer: Producer, status: S) -> None:
+    job_id = await driver.job_in(status)
+    with pytest.raises(TransitionRefused):
+        await producer.cancel(driver.queue, job_id)
+    assert await driver.status(job_id) is status
+
+
+async def test_unknown_job(producer: Producer, queue_name: str) -> None:
+    with pytest.raises(JobNotFound):
+        await producer.cancel(queue_name, "nope")
+    with pytest.raises(JobNotFound):
+        await producer.retry(queue_name, "nope")
+
+
+@pytest.mark.parametrize("status", [S.SUCCEEDED, S.FAILED, S.CANCELLED])
+async def test_worker_writes_refused_after_the_end(
+    driver: Driver, producer: Producer, status: S
+) -> None:
+    delivery = await driver.running()
+    if status is S.SUCCEEDED:
+        await producer.succeed(delivery, 1)
+    elif status is S.FAILED:
+        await producer.fail(delivery, "x", retryable=False, backoff_ms=0, default_max_attempts=1)
+    else:
+        await producer.cancel(driver.queue, delivery.job_id)
+        await producer.cancelled(delivery, "by request")
+    before = await driver.event_types(delivery.job_id)
+    assert not await producer.succeed(delivery, 2)
+    assert not await producer.progress(driver.queue, delivery.job_id, delivery.attempt, 50)
+    assert not await producer.cancelled(delivery, "again")
+    outcome = await producer.fail(
+        delivery, "y", retryable=True, backoff_ms=0, default_max_attempts=5
+    )
+    assert outcome == "fenced"
+    assert await driver.event_types(delivery.job_id) == before
+    assert await driver.status(delivery.job_id) is status
+
+
+async def test_redelivered_finished_entry_is_skipped_and_acked(
+    driver: Driver, producer: Producer
+) -> None:
+    delivery = await driver.running()
+    await producer.succeed(delivery, 1)
+    # As if the ack had been lost: the same entry shows up again.
+    started = await producer.start(driver.queue, [(delivery.entry_id, delivery.job_id)], "c9")
+    assert started == []
+    assert await driver.event_types(delivery.job_id) == [
+        "job.queued",
+        "job.started",
+        "job.succeeded",
+    ]
+
+
+async def test_idempotency_key_per_tenant(producer: Producer, queue_name: str) -> None:
+    first = await producer.submit(
+        SubmitRequest(type="noop", queue=queue_name, payload={"a": 1}),
+        tenant="a",
+        idempotency_key="k",
+    )
+    again = await producer.submit(
+        SubmitRequest(type="sleep", queue=queue_name, payload={"b": 2}),
+        tenant="a",
+        idempotency_key="k",
+    )
+    other = await producer.submit(
+        SubmitRequest(type="noop", queue=queue_name), tenant="b", idempotency_key="k"
+    )
+    assert first.created and not again.created and other.created
+    assert again.job_id == first.job_id != other.job_id
+
+
+async def test_stale_fencing_token_is_refused(driver: Driver, producer: Producer) -> None:
+    """A presumed-dead owner (attempt 1) writes after another consumer reclaimed (attempt 2)."""
+    old = await driver.running()
+    report = await producer.reclaim(driver.queue, "c2", min_idle_ms=0, max_deliveries=3, count=10)
+    (new,) = report.deliveries
+    assert new.attempt == old.attempt + 1
+    assert not await producer.progress(driver.queue, old.job_id, old.attempt, 99)
+    assert not await producer.succeed(old, "late")
+    old_lease = Lease(old.job_id, old.entry_id, old.attempt)
+    assert (await producer.renew(driver.queue, "c1", [old_lease]))[0].held is False
+    assert await producer.succeed(new, "fresh")
+    job = await producer.get(driver.queue, old.job_id)
+    assert job is not None and job.result == "fresh"
+    types = await driver.event_types(old.job_id)
+    assert types == ["job.queued", "job.started", "job.reclaimed", "job.succeeded"]
+
+
+async def test_poison_entry_is_dead_lettered_with_reason(
+    driver: Driver, producer: Producer
+) -> None:
+    job_id = await driver.submit()
+    await driver.deliver("c1")  # delivered once, its consumer dies before starting it
+    for consumer in ("c2", "c3"):
+        report = await producer.reclaim(
+            driver.queue, consumer, min_idle_ms=0, max_deliveries=3, count=10
+        )
+        assert [d.job_id for d in report.deliveries] == [job_id]
+    report = await producer.reclaim(driver.queue, "c4", min_idle_ms=0, max_deliveries=3, count=10)
+    assert report.dead == [job_id] and report.deliveries == []
+    job = await producer.get(driver.queue, job_id)
+    assert job is not None and job.status is S.FAILED and "poison" in (job.error or "")
+    events = await producer.events(driver.queue, job_id)
+    assert events[-1].event.value == "job.failed" and events[-1].data["reason"] == "poison"
+    keys = producer.keys(driver.queue)
+    assert await driver.redis.xlen(keys.jobs) == 0
+    assert await driver.redis.xlen(keys.dead) == 1

@@ -1,0 +1,227 @@
+"""The consumer in-process against a real Redis: outcomes of every kind of handler."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from consumers.worker import ConveyorWorker, backoff_ms, connect
+from producer import Producer
+from schemas import JobStatus, Settings
+from tests.integration.conftest import Driver, wait_for_event, wait_for_terminal
+
+S = JobStatus
+
+
+@pytest.fixture
+def make_worker(settings: Settings, queue_name: str) -> Callable[..., ConveyorWorker]:
+    def make(s: Settings | None = None, **kwargs: object) -> ConveyorWorker:
+        s = s or settings
+        return ConveyorWorker(
+            s,
+            connect(s),
+            queue=queue_name,
+            handle_signals=False,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    return make
+
+
+@contextlib.asynccontextmanager
+async def running(worker: ConveyorWorker) -> AsyncIterator[ConveyorWorker]:
+    """A worker in a background task, stopped (and closed) when the block ends."""
+    task = asyncio.create_task(worker.async_run())
+    try:
+        yield worker
+    finally:
+        worker.allow_pick_jobs = False
+        worker.handle_sig(2)  # what SIGINT does: cancel tasks and main
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()
+
+
+async def test_burst_runs_every_job_to_exactly_one_terminal_state(
+    driver: Driver, producer: Producer, make_worker: Callable[..., ConveyorWorker]
+) -> None:
+    from schemas import SubmitRequest
+
+    ids = await producer.submit_many(
+        [SubmitRequest(type="noop", queue=driver.queue, payload={"i": i}) for i in range(3000)]
+    )
+    worker = make_worker(burst=True, concurrency=64)
+    await worker.async_run()
+    await worker.close()
+    terminal = await wait_for_terminal(driver.redis, driver.queue, set(ids), 10)
+    assert all(events == ["job.succeeded"] for events in terminal.values())
+    keys = producer.keys(driver.queue)
+    # Nothing finished is left in the stream or the pending list.
+    assert await driver.redis.xlen(keys.jobs) == 0
+    assert (await driver.redis.xpending(keys.jobs, "workers"))["pending"] == 0
+    job = await producer.get(driver.queue, ids[1234])
+    assert job is not None and job.result == {"i": 1234}
+
+
+async def test_retry_with_backoff_then_success(
+    driver: Driver, producer: Producer, make_worker: Callable[..., ConveyorWorker]
+) -> None:
+    job_id = await driver.submit("sleep", payload={"seconds": 0.01, "fail_attempts": 2})
+    worker = make_worker(burst=True)
+    await worker.async_run()
+    await worker.close()
+    job = await producer.get(driver.queue, job_id)
+    assert job is not None and job.status is S.SUCCEEDED and job.attempt == 3
+    types = await driver.event_types(job_id)
+    assert types.count("job.retrying") == 2 and types[-1] == "job.succeeded"
+
+
+async def test_retry_exhausted_fails_and_dead_letters(
+    driver: Driver, producer: Producer, make_worker: Callable[..., ConveyorWorker]
+) -> None:
+    job_id = await driver.submit(
+        "sleep", payload={"seconds": 0, "fail_attempts": 99}, max_attempts=3
+    )
+    worker = make_worker(burst=True)
+    await worker.async_run()
+    await worker.close()
+    job = await producer.get(driver.queue, job_id)
+    assert job is not None and job.status is S.FAILED and job.attempt == 3
+    dead = await driver.redis.xrange(producer.keys(driver.queue).dead)
+    assert [f["job_id"] for _, f in dead] == [job_id]
+    assert (await driver.event_types(job_id)).count("job.failed") == 1
+
+
+async def test_declared_max_tries_and_timeout_apply(
+    driver: Driver, producer: Producer, make_worker: Callable[..., ConveyorWorker]
+) -> None:
+    """`short_timeout` is declared with timeout=0.3 and max_tries=2 (tests/handlers.py)."""
+    job_id = await driver.submit("short_timeout", payload={"seconds": 30})
+    worker = make_worker(burst=True)
+    await worker.async_run()
+    await worker.close()
+    job = await producer.get(driver.queue, job_id)
+    assert job is not None and job.status is S.FAILED and job.attempt == 2
+    assert job.error == "TimeoutError: timed out after 0.3s"
+
+
+async def test_permanent_error_is_not_retried(
+    driver: Driver, producer: Producer, make_worker: Callable[..., ConveyorWorker]
+) -> None:
+    job_id = await driver.submit("permanent", payload={"reason": "no such file"})
+    worker = make_worker(burst=True)
+    await worker.async_run()
+    await worker.close()
+    job = await producer.get(driver.queue, job_id)
+    assert job is not None and job.status is S.FAILED and job.attempt == 1
+    assert job.error == "PermanentError: no such file"
+
+
+async def test_arq_retry_defer_is_honoured(
+    driver: Driver, producer: Producer, make_worker: Callable[..., ConveyorWorker]
+) -> None:
+    job_id = await driver.submit("flaky", payload={"fail_attempts": 1, "defer_s": 0.2})
+    worker = make_worker(burst=True)
+    await worker.async_run()
+    await worker.close()
+    events = await producer.events(driver.queue, job_id)
+    retrying = next(e for e in events if e.event.value == "job.retrying")
+    assert retrying.data["delay_ms"] == 200
+    assert events[-1].event.value == "job.succeeded"
+
+
+async def test_unknown_type_fails_clearly(
+    driver: Driver, producer: Producer, make_worker: Callable[..., ConveyorWorker]
+) -> None:
+    job_id = await driver.submit("not_registered")
+    worker = make_worker(burst=True)
+    await worker.async_run()
+    await worker.close()
+    job = await producer.get(driver.queue, job_id)
+    assert job is not None and job.status is S.FAILED
+    assert "no handler for job type 'not_registered'" in (job.error or "")
+
+
+async def test_cancel_running_job_stops_handler_within_a_second(
+    driver: Driver, producer: Producer, make_worker: Callable[..., ConveyorWorker], tmp_path: Path
+) -> None:
+    marker = tmp_path / "cleanup"
+    job_id = await driver.submit("hang", payload={"marker": str(marker)})
+    async with running(make_worker()):
+        await wait_for_event(driver.redis, driver.queue, job_id, "job.progress", 5)
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        assert await producer.cancel(driver.queue, job_id) == "requested"
+        await wait_for_event(driver.redis, driver.queue, job_id, "job.cancelled", 5)
+        assert loop.time() - asked < 1.0 + 0.5  # poll interval plus a round trip
+    assert marker.read_text() == "cleaned up attempt 1"  # the handler's finally ran first
+    assert await driver.status(job_id) is S.CANCELLED
+    assert (await driver.redis.xpending(producer.keys(driver.queue).jobs, "workers"))[
+        "pending"
+    ] == 0
+
+
+@pytest.mark.parametrize("delay_s", [0, 3600])
+async def test_cancelled_before_start_never_runs(
+    driver: Driver,
+    producer: Producer,
+    make_worker: Callable[..., ConveyorWorker],
+    tmp_path: Path,
+    delay_s: float,
+) -> None:
+    log = tmp_path / "runs"
+    job_id = await driver.submit("record", payload={"path": str(log)}, delay_s=delay_s)
+    assert await producer.cancel(driver.queue, job_id) == "cancelled"
+    worker = make_worker(burst=True)
+    await worker.async_run()
+    await worker.close()
+    assert not log.exists()
+    assert await driver.event_types(job_id) == [
+        "job.scheduled" if delay_s else "job.queued",
+        "job.cancelled",
+    ]
+
+
+async def test_long_job_is_not_stolen_while_its_owner_renews(
+    driver: Driver,
+    settings_factory: Callable[..., Settings],
+    make_worker: Callable[..., ConveyorWorker],
+    tmp_path: Path,
+) -> None:
+    """A job running 6 visibility timeouts long, with a second consumer reclaiming eagerly."""
+    fast = settings_factory(
+        handlers="tests.handlers", visibility_timeout_s=0.3, reclaim_interval_s=0.05
+    )
+    log = tmp_path / "runs"
+    job_id = await driver.submit("record", payload={"path": str(log), "seconds": 1.8})
+    async with running(make_worker(fast, name="owner")):
+        await wait_for_event(driver.redis, driver.queue, job_id, "job.started", 5)
+        async with running(make_worker(fast, name="thief")) as thief:
+            terminal = await wait_for_terminal(driver.redis, driver.queue, {job_id}, 10)
+    assert terminal == {job_id: ["job.succeeded"]}
+    assert thief.reclaimed == 0
+    assert len(log.read_text().splitlines()) == 1  # ran exactly once
+    assert "job.reclaimed" not in await driver.event_types(job_id)
+
+
+def test_backoff_is_exponential_with_full_jitter() -> None:
+    draws = [backoff_ms(attempt, 2.0, 600.0) for attempt in (1, 2, 3, 20) for _ in range(200)]
+    first, second, third, capped = (draws[i * 200 : (i + 1) * 200] for i in range(4))
+    assert max(first) <= 2000 and max(second) <= 4000 and max(third) <= 8000
+    assert max(capped) <= 600_000 and max(capped) > 100_000
+    assert min(first) < 1000  # full jitter reaches down towards zero
+
+
+async def test_consumer_records_when_it_was_last_seen(
+    driver: Driver, make_worker: Callable[..., ConveyorWorker], redis: aioredis.Redis
+) -> None:
+    worker = make_worker(burst=True, name="seen-me")
+    await worker.async_run()
+    await worker.close()
+    seen = await redis.hgetall(driver.producer.keys(driver.queue).consumer_seen())
+    assert "seen-me" in seen
