@@ -49,6 +49,15 @@ def lua_state_machine() -> str:
     )
 
 
+def include_source(name: str) -> str:
+    return (SCRIPT_DIR / "includes" / f"{name}.lua").read_text()
+
+
+def library_source() -> str:
+    """What every script starts with: the generated state machine and `common.lua`."""
+    return lua_state_machine() + include_source("common")
+
+
 @cache
 def script_source(name: str) -> str:
     """The full text of script `name` as Redis runs it."""
@@ -56,7 +65,7 @@ def script_source(name: str) -> str:
     preamble = [lua_state_machine()]
 
     def expand(match: re.Match[str]) -> str:
-        body = (SCRIPT_DIR / "includes" / f"{match.group(1)}.lua").read_text()
+        body = include_source(match.group(1))
         return preamble.pop() + body if preamble else body
 
     return INCLUDE.sub(expand, text)

@@ -7,7 +7,8 @@
 local j = redis.call('HMGET', KEYS[3], 'status', 'id', 'type', 'attempt', 'idem_key')
 local status = j[1]
 if not status then return {'missing'} end
-if not allowed(status, 'queued') then return {'refused', status} end
+-- Only an ended job is re-run by hand (`scheduled -> queued` is the promoter's move).
+if not (TERMINAL[status] and allowed(status, 'queued')) then return {'refused', status} end
 
 redis.call('PERSIST', KEYS[3])
 redis.call('PERSIST', KEYS[4])
