@@ -1,0 +1,260 @@
+"""`conveyor run`: the whole stack on one machine, in the foreground, until Ctrl-C.
+
+Start order is dependency order (Redis, S3, consumers, gateway) and stop order is the
+reverse, so no worker loses its Redis while it still has a job to finish. Every child runs
+in its own session and is stopped here by pid: a terminal's Ctrl-C reaches only us, and we
+decide the order. If any child dies on its own the stack is incomplete, so everything stops
+and we exit 1.
+
+Signals only set a flag (raising from a handler could land between fork and recording a
+pid, leaking a child). A second Ctrl-C SIGKILLs every process we know of, so a stuck start
+or a slow graceful shutdown can always be cut short without leaving anything behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Protocol, TypeVar
+
+from conveyor.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from conveyor.process import ManagedProcess, port_open
+from schemas.settings import Settings
+
+PREFERRED_REDIS_PORT = 6380  # beside a system Redis on 6379, never on it
+GATEWAY_STOP_GRACE_S = 10.0
+GATEWAY_READY_DEADLINE_S = 60.0
+
+
+class Stopped(Exception):
+    """Ctrl-C or SIGTERM arrived, or a child died: unwind and stop everything."""
+
+
+class _Server(Protocol):
+    """What EmbeddedRedis and EmbeddedS3 have in common."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def alive(self) -> bool: ...
+
+    def start(self) -> object: ...
+
+    def stop(self) -> object: ...
+
+
+S = TypeVar("S", bound=_Server)
+
+
+class _ForegroundProcess(ManagedProcess):
+    """A ManagedProcess whose output is ours (inherited), so the user sees every log."""
+
+    def start(self) -> _ForegroundProcess:
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        return self
+
+
+def _say(message: str) -> None:
+    print(f"conveyor: {message}", flush=True)
+
+
+def _pid_of(server: _Server) -> int | None:
+    try:
+        return server.pid
+    except RuntimeError:  # EmbeddedRedis before its process exists
+        return None
+
+
+def _connect_host(host: str) -> str:
+    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
+@dataclass
+class Stack:
+    """What `run` started: watched for unexpected deaths, stopped in reverse."""
+
+    settings: Settings
+    stop_requested: threading.Event = field(default_factory=threading.Event)
+    servers: list[tuple[str, _Server]] = field(default_factory=list)
+    children: list[ManagedProcess] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    def check(self) -> None:
+        if self.stop_requested.is_set():
+            raise Stopped("stop requested")
+        for child in self.children:
+            if not child.alive():
+                code = child.proc.returncode if child.proc else None
+                raise Stopped(f"{child.name} pid={child.pid} exited with code {code}")
+        for name, server in self.servers:
+            if not server.alive():
+                raise Stopped(f"{name} pid={_pid_of(server)} exited")
+
+    def start_redis(self) -> None:
+        data_dir = self.settings.data_dir / "redis"
+        preferred = None if port_open("127.0.0.1", PREFERRED_REDIS_PORT) else PREFERRED_REDIS_PORT
+        try:
+            redis = self._start_server("redis", EmbeddedRedis(data_dir, port=preferred))
+        except EmbeddedRedisError as exc:
+            if preferred is None or "Address already in use" not in str(exc):
+                raise
+            self.servers.pop()  # 6380 was taken after all: any free port will do
+            redis = self._start_server("redis", EmbeddedRedis(data_dir))
+        self.env["CONVEYOR_REDIS_URL"] = redis.url
+        _say(f"started redis pid={redis.pid} url={redis.url} data={data_dir}")
+
+    def start_s3(self) -> None:
+        try:
+            from conveyor.embedded_s3 import EmbeddedS3
+        except ImportError:
+            _say("WARNING: conveyor.embedded_s3 is not available; running without S3")
+            return
+        s = self.settings
+        s3 = EmbeddedS3(
+            s.data_dir / "s3",
+            access_key=s.s3_access_key,
+            secret_key=s.s3_secret_key,
+            bucket=s.s3_bucket,
+        )
+        self._start_server("s3", s3)
+        self.env.update(
+            CONVEYOR_S3_ENDPOINT=s3.endpoint,
+            CONVEYOR_S3_ACCESS_KEY=s.s3_access_key,
+            CONVEYOR_S3_SECRET_KEY=s.s3_secret_key,
+            CONVEYOR_S3_BUCKET=s.s3_bucket,
+            CONVEYOR_S3_SECURE="false",
+        )
+        _say(f"started s3 pid={s3.pid} endpoint={s3.endpoint} data={s.data_dir / 's3'}")
+
+    def _start_server(self, name: str, server: S) -> S:
+        # Recorded before it starts, so that a forced stop mid-start still finds its pid.
+        self.servers.append((name, server))
+        server.start()
+        return server
+
+    def start_child(self, name: str, *args: str) -> None:
+        argv = [sys.executable, "-m", "conveyor.cli", *args]
+        child = _ForegroundProcess(name, argv, env=self.env).start()
+        self.children.append(child)
+        _say(f"started {name} pid={child.pid}")
+
+    def wait_for_gateway(self) -> None:
+        host, port = _connect_host(self.settings.host), self.settings.port
+        deadline = time.monotonic() + GATEWAY_READY_DEADLINE_S
+        while not port_open(host, port):
+            self.check()
+            if time.monotonic() > deadline:
+                raise Stopped(f"the gateway did not listen on {host}:{port} in time")
+            self.stop_requested.wait(0.1)
+
+    def kill_all(self) -> None:
+        """SIGKILL every process group we started; safe inside a signal handler."""
+        pids = [c.pid for c in self.children if c.proc is not None]
+        pids += [pid for _, server in self.servers if (pid := _pid_of(server)) is not None]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+    def stop_all(self) -> None:
+        # Workers and the gateway all at once, so that their grace periods overlap. One
+        # SIGTERM each: a second one commonly means "hurry" to a worker, cutting jobs short.
+        signalled = time.monotonic()
+        for child in self.children:
+            child.signal(signal.SIGTERM)
+        for child in self.children:
+            worker = child.name.startswith("worker")
+            grace = self.settings.shutdown_grace_s + 5 if worker else GATEWAY_STOP_GRACE_S
+            if child.proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.proc.wait(timeout=max(0.0, signalled + grace - time.monotonic()))
+            code = child.stop(grace_s=0)  # SIGKILLs the group if anything is left
+            _say(f"stopped {child.name} pid={child.pid} code={code}")
+        for name, server in reversed(self.servers):
+            try:
+                server.stop()
+            except Exception as exc:  # keep stopping the others
+                _say(f"stopping {name} pid={_pid_of(server)} failed: {exc}")
+            else:
+                _say(f"stopped {name} pid={_pid_of(server)}")
+
+
+@contextlib.contextmanager
+def _signals_stop(stack: Stack) -> Iterator[None]:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if not stack.stop_requested.is_set():
+            stack.stop_requested.set()
+            # os.write, not print: print is not reentrant and may be mid-call right now.
+            os.write(1, b"conveyor: stopping (Ctrl-C again to kill everything at once)\n")
+        else:
+            stack.kill_all()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run(settings: Settings) -> int:
+    """Start the stack, block until a signal or a child's death, stop it all; exit code."""
+    stack = Stack(settings)
+    with _signals_stop(stack):
+        try:
+            _start(stack)
+            while True:
+                stack.check()
+                stack.stop_requested.wait(0.2)
+        except Stopped as reason:
+            if stack.stop_requested.is_set():
+                return 0
+            _say(f"stopping: {reason}")
+            return 1
+        except Exception as exc:  # e.g. a server that would not start: stop the rest
+            if stack.stop_requested.is_set():
+                return 0  # killed mid-start by a second Ctrl-C: the failure is ours
+            _say(f"stopping: {type(exc).__name__}: {exc}")
+            return 1
+        finally:
+            stack.stop_all()
+
+
+def _start(stack: Stack) -> None:
+    settings = stack.settings
+    if not settings.redis_url:
+        stack.start_redis()
+    stack.check()
+    if not settings.s3_endpoint:
+        stack.start_s3()
+    stack.check()
+    api_key = None
+    if not settings.api_keys:
+        api_key = secrets.token_urlsafe(24)
+        stack.env["CONVEYOR_API_KEYS"] = f"{api_key}=dev"
+    # Children log to our stdout, which is often a pipe: don't let them buffer.
+    stack.env["PYTHONUNBUFFERED"] = "1"
+    for n in range(1, settings.consumers + 1):
+        stack.start_child(f"worker-{n}", "worker")
+    stack.start_child("gateway", "gateway")
+    stack.wait_for_gateway()
+    _say(f"dashboard http://{_connect_host(settings.host)}:{settings.port}/")
+    if api_key:
+        _say(f"API key {api_key} (tenant dev; set CONVEYOR_API_KEYS to choose your own)")
+    else:
+        _say("API keys: those in CONVEYOR_API_KEYS")
+    _say("press Ctrl-C to stop")

