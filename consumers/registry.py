@@ -7,6 +7,8 @@ with a 422 before anything is queued; it never runs the handlers.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from functools import cache
 from typing import Any
 
@@ -15,15 +17,25 @@ from arq.worker import Function, func
 from schemas.settings import Settings
 
 
+class HandlersNotFound(ImportError):
+    """CONVEYOR_HANDLERS / --handlers names something that cannot be imported."""
+
+
 @cache
 def load_worker_settings(path: str) -> Any:
-    """`package.module:Attr`, or `package.module` meaning its `WorkerSettings`."""
+    """`package.module:Attr`, or `package.module` meaning its `WorkerSettings`. Like arq's
+    CLI, the working directory is importable, so `--handlers myjobs` finds ./myjobs.py."""
     module_name, _, attr = path.partition(":")
-    module = importlib.import_module(module_name)
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise HandlersNotFound(f"cannot import handlers module {module_name!r}: {exc}") from exc
     try:
         return getattr(module, attr or "WorkerSettings")
     except AttributeError:
-        raise ImportError(f"{module_name} has no {attr or 'WorkerSettings'}") from None
+        raise HandlersNotFound(f"{module_name} has no {attr or 'WorkerSettings'}") from None
 
 
 def functions(settings: Settings, handlers: str | None = None) -> dict[str, Function]:

@@ -137,6 +137,7 @@ class ConveyorWorker(Worker):
         self.dead_lettered = 0
         self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._delayed_changed = asyncio.Event()  # a retry was scheduled here: promote sooner
         self._storage: Any = None
 
     # --- the loop ------------------------------------------------------------------------
@@ -166,6 +167,7 @@ class ConveyorWorker(Worker):
             # The helpers stop on the flag; cancelling alone is not enough, since a cancel
             # that lands inside a redis-py call can be swallowed (seen with redis-py 5.3).
             self._stopping.set()
+            self._delayed_changed.set()
             for helper in helpers:
                 helper.cancel()
             await asyncio.wait(helpers, timeout=HELPER_STOP_S)
@@ -321,6 +323,7 @@ class ConveyorWorker(Worker):
         )
         if outcome == "retrying":
             self.jobs_retried += 1
+            self._delayed_changed.set()
         elif outcome == "failed":
             self.jobs_failed += 1
 
@@ -415,8 +418,10 @@ class ConveyorWorker(Worker):
 
     async def _promote(self) -> None:
         """Move due delayed jobs to the stream; sleep until the next is due (at most 1 s, so a
-        job delayed by another process is not missed for long)."""
+        job delayed by another process is not missed for long), or until this worker
+        schedules a retry."""
         while not self._stopping.is_set():
+            self._delayed_changed.clear()
             try:
                 _, next_due_ms = await self.producer.promote(self.queue)
             except asyncio.CancelledError:
@@ -427,7 +432,8 @@ class ConveyorWorker(Worker):
             wait_s = 1.0
             if next_due_ms is not None:
                 wait_s = min(1.0, max(0.01, next_due_ms / 1000 - time.time()))
-            await self._pause(wait_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._delayed_changed.wait(), wait_s)
 
     # --- arq hooks ---------------------------------------------------------------------------
 

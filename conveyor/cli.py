@@ -118,5 +118,15 @@ def inspect(queue: str | None) -> None:
     sys.exit(inspect_command(settings, queue or settings.queues[0]))
 
 
+def entry_point() -> None:
+    """The console script: configuration mistakes are one line on stderr, not a traceback."""
+    from consumers.registry import HandlersNotFound
+
+    try:
+        main(prog_name="conveyor")
+    except HandlersNotFound as exc:
+        sys.exit(f"conveyor: {exc}")
+
+
 if __name__ == "__main__":
-    main(prog_name="conveyor")
+    entry_point()

@@ -1,0 +1,148 @@
+"""`conveyor submit` and `conveyor inspect`: the shell's view of a queue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from producer import Producer
+from schemas import CONSUMER_GROUP, TERMINAL_EVENTS, Event, QueueKeys, Settings, SubmitRequest
+from schemas.errors import UnknownJobType
+
+
+def _client(settings: Settings) -> aioredis.Redis:
+    if not settings.redis_url:
+        raise SystemExit("CONVEYOR_REDIS_URL is not set: point it at the Redis `conveyor run` uses")
+    client: aioredis.Redis = aioredis.Redis.from_url(
+        settings.redis_url, decode_responses=True, socket_timeout=30
+    )
+    return client
+
+
+def submit_command(
+    settings: Settings,
+    job_type: str,
+    *,
+    payload: dict[str, Any],
+    queue: str,
+    wait: bool,
+    tenant: str = "dev",
+) -> int:
+    return asyncio.run(_submit(settings, job_type, payload, queue, wait, tenant))
+
+
+async def _submit(
+    settings: Settings, job_type: str, payload: dict[str, Any], queue: str, wait: bool, tenant: str
+) -> int:
+    from consumers.registry import job_types
+
+    known = job_types(settings)
+    if job_type not in known:
+        print(UnknownJobType(job_type, sorted(known)), file=sys.stderr)
+        return 2
+    redis = _client(settings)
+    try:
+        producer = Producer(redis, settings)
+        request = SubmitRequest(type=job_type, payload=payload, queue=queue)
+        submitted = await producer.submit(request, tenant=tenant)
+        print(submitted.job_id, flush=True)
+        if not wait:
+            return 0
+        last = await _follow(redis, QueueKeys(queue, settings.key_prefix), submitted.job_id)
+        return 0 if last is not None and last.event.value == "job.succeeded" else 1
+    finally:
+        await redis.aclose()
+
+
+async def _follow(redis: aioredis.Redis, keys: QueueKeys, job_id: str) -> Event | None:
+    """Print the job's events (history, then live) until its terminal one."""
+    last_id = "0"
+    while True:
+        reply = await redis.xread({keys.job_events(job_id): last_id}, block=5000)
+        for _, rows in reply or ():
+            for entry_id, fields in rows:
+                last_id = entry_id
+                event = Event.from_entry(entry_id, fields)
+                print(_describe(event), flush=True)
+                if event.event in TERMINAL_EVENTS:
+                    return event
+
+
+def _describe(event: Event) -> str:
+    details = " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(event.data.items()))
+    return f"{event.id} {event.event.value:<22} attempt={event.attempt} {details}".rstrip()
+
+
+def inspect_command(settings: Settings, queue: str) -> int:
+    return asyncio.run(_inspect(settings, queue))
+
+
+async def _inspect(settings: Settings, queue: str) -> int:
+    redis = _client(settings)
+    keys = QueueKeys(queue, settings.key_prefix)
+    try:
+        for line in await inspect_lines(redis, keys, settings):
+            print(line)
+    finally:
+        await redis.aclose()
+    return 0
+
+
+async def inspect_lines(redis: aioredis.Redis, keys: QueueKeys, settings: Settings) -> list[str]:
+    """What `conveyor inspect` prints; the same facts as the README's redis-cli commands."""
+    now_ms = int(time.time() * 1000)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.xlen(keys.jobs)
+        pipe.zcard(keys.delayed)
+        pipe.zrange(keys.delayed, 0, 0, withscores=True)
+        pipe.xlen(keys.dead)
+        pipe.xlen(keys.events)
+        pipe.hgetall(keys.consumer_seen())
+        length, delayed, next_due, dead, events, seen = await pipe.execute()
+    lines = [
+        f"queue {keys.queue!r}  ({keys.jobs})",
+        f"  stream entries   {length}  (undelivered + pending; finished entries are deleted)",
+        f"  delayed          {delayed}"
+        + (f"  (next due in {(next_due[0][1] - now_ms) / 1000:.1f}s)" if next_due else ""),
+        f"  dead-lettered    {dead}  ({keys.dead})",
+        f"  events           {events}  ({keys.events}, capped near {settings.events_maxlen})",
+    ]
+    try:
+        groups = await redis.xinfo_groups(keys.jobs)
+    except aioredis.ResponseError:
+        lines.append("  no consumer group yet (no worker has started on this queue)")
+        return lines
+    group = next((g for g in groups if g["name"] == CONSUMER_GROUP), None)
+    if group is None:
+        lines.append(f"  no consumer group {CONSUMER_GROUP!r} yet")
+        return lines
+    lines.append(
+        f"  group {CONSUMER_GROUP!r}  pending {group['pending']}  lag {group.get('lag', '?')}"
+        f"  last delivered {group['last-delivered-id']}"
+    )
+    consumers = await redis.xinfo_consumers(keys.jobs, CONSUMER_GROUP)
+    stale_after_ms = settings.visibility_timeout_s * 3 * 1000
+    lines.append(f"  consumers        {len(consumers)}")
+    for consumer in sorted(consumers, key=lambda c: c["name"]):
+        last_seen = int(seen.get(consumer["name"], 0))
+        age = (now_ms - last_seen) if last_seen else None
+        flag = "  NOT SEEN FOR A WHILE" if age is None or age > stale_after_ms else ""
+        lines.append(
+            f"    {consumer['name']:<40} pending {consumer['pending']:>5}"
+            f"  idle {consumer['idle'] / 1000:>8.1f}s"
+            f"  seen {'never' if age is None else f'{age / 1000:.1f}s ago'}{flag}"
+        )
+    pending = await redis.xpending_range(keys.jobs, CONSUMER_GROUP, min="-", max="+", count=20)
+    if pending:
+        lines.append("  oldest pending entries (id, consumer, idle, deliveries):")
+        for p in pending:
+            lines.append(
+                f"    {p['message_id']}  {p['consumer']:<40}"
+                f" {p['time_since_delivered'] / 1000:>8.1f}s  {p['times_delivered']}"
+            )
+    return lines
