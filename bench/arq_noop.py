@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 from arq.connections import RedisSettings
 
@@ -13,7 +13,7 @@ async def noop(ctx: dict[str, Any], **payload: Any) -> dict[str, Any]:
 
 
 class WorkerSettings:
-    functions = [noop]
+    functions: ClassVar[list[Any]] = [noop]
     redis_settings = RedisSettings.from_dsn(
         os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
     )

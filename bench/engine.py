@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def spawn(argv: list[str], env: dict[str, str], name: str, log_dir: Path) -> ManagedProcess:

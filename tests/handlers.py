@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from arq.worker import Retry, func
 
@@ -54,7 +54,7 @@ async def record(ctx: JobContext, path: str, seconds: float = 0.0) -> str:
 
 
 class WorkerSettings:
-    functions = [
+    functions: ClassVar[list[Any]] = [
         func(noop, name="noop"),  # type: ignore[arg-type]
         func(sleep, name="sleep"),  # type: ignore[arg-type]
         func(crash, name="crash"),  # type: ignore[arg-type]

@@ -11,7 +11,9 @@ A user's worker settings module looks the same (arq style) and is chosen with
 
 from __future__ import annotations
 
-from arq.worker import func
+from typing import ClassVar
+
+from arq.worker import Function, func
 
 from consumers.handlers.builtin import noop, sleep
 from consumers.handlers.ingest import ingest_url
@@ -25,4 +27,4 @@ BUILTIN_FUNCTIONS = [
 
 
 class WorkerSettings:
-    functions = BUILTIN_FUNCTIONS
+    functions: ClassVar[list[Function]] = BUILTIN_FUNCTIONS

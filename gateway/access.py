@@ -1,0 +1,38 @@
+"""Reading a caller's own jobs: another tenant's job is answered exactly like a missing one."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from gateway.auth import FIREHOSE_SCOPE, job_scope
+from gateway.deps import Gateway
+from gateway.errors import redis_deadline
+from gateway.models import JobResource, Links, PageLinks
+from schemas.errors import JobNotFound
+from schemas.models import Job
+
+MAX_JOB_ID = 128
+
+
+async def own_job(gw: Gateway, tenant: str, job_id: str) -> Job:
+    if not job_id or len(job_id) > MAX_JOB_ID:
+        raise JobNotFound(job_id[:MAX_JOB_ID])
+    async with redis_deadline(gw.settings.redis_timeout_s):
+        job = await gw.producer.find(job_id)
+    if job is None or job.tenant != tenant:
+        raise JobNotFound(job_id)
+    return job
+
+
+def job_path(job_id: str) -> str:
+    return f"/v1/jobs/{quote(job_id, safe='')}"
+
+
+def resource(gw: Gateway, job: Job) -> JobResource:
+    token = gw.tokens.issue(job_scope(job.id), job.tenant)
+    links = Links(self=job_path(job.id), events=f"{job_path(job.id)}/events?token={token}")
+    return JobResource(**job.model_dump(), links=links)
+
+
+def page_links(gw: Gateway, tenant: str) -> PageLinks:
+    return PageLinks(events=f"/v1/events?token={gw.tokens.issue(FIREHOSE_SCOPE, tenant)}")

@@ -1,0 +1,86 @@
+"""`create_app(settings)`: the gateway's FastAPI app. Its lifespan opens Redis (with socket
+timeouts, so nothing waits on a frozen server forever), the producer and the SSE hub."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from gateway import errors
+from gateway.auth import ApiKeys, EventTokens
+from gateway.deps import Gateway
+from gateway.hub import BLOCK_MS, Hub
+from gateway.jobtypes import known_job_types
+from gateway.limits import BodyLimit
+from gateway.metrics import Metrics
+from gateway.routes import events, health, jobs
+from producer import Producer
+from schemas.settings import Settings
+
+log = logging.getLogger("conveyor.gateway")
+
+# Per job and client, at most one `job.progress` per this interval (see gateway.throttle).
+PROGRESS_INTERVAL_S = 0.2
+
+
+def _redis(settings: Settings, read_timeout_s: float) -> Redis:
+    if not settings.redis_url:
+        raise RuntimeError("CONVEYOR_REDIS_URL is not set")
+    client: Redis = Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=read_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        health_check_interval=30,
+    )
+    return client
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = _redis(settings, settings.redis_timeout_s)
+        # The hub's XREAD blocks up to BLOCK_MS: its socket must wait longer than that.
+        hub_redis = _redis(settings, settings.redis_timeout_s + BLOCK_MS / 1000)
+        hub = Hub(hub_redis, settings, metrics)
+        app.state.gateway = Gateway(
+            settings=settings,
+            redis=redis,
+            producer=Producer(redis, settings),
+            hub=hub,
+            api_keys=ApiKeys(settings.api_keys),
+            tokens=EventTokens.from_settings(settings),
+            metrics=metrics,
+            job_types=known_job_types(settings),
+            progress_interval_s=float(
+                getattr(settings, "sse_progress_interval_s", PROGRESS_INTERVAL_S)
+            ),
+        )
+        if not settings.token_secret:
+            log.info("CONVEYOR_TOKEN_SECRET unset: event tokens are valid on this process only")
+        hub.start()
+        try:
+            yield
+        finally:
+            await hub.close()
+            await redis.aclose()
+            await hub_redis.aclose()
+
+    app = FastAPI(
+        title="Conveyor",
+        summary="Submit jobs, watch them live over Server-Sent Events.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_payload_bytes)
+    app.include_router(jobs.router)
+    app.include_router(events.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,92 @@
+"""FastAPI dependencies, as `Annotated` aliases: `tenant: Tenant`, `gw: GatewayDep`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from redis.asyncio import Redis
+
+from gateway.auth import FIREHOSE_SCOPE, ApiKeys, EventTokens, job_scope
+from gateway.hub import Hub
+from gateway.metrics import Metrics
+from producer import Producer
+from schemas.settings import Settings
+
+
+@dataclass
+class Gateway:
+    """Everything a request handler may use, built once by the app's lifespan."""
+
+    settings: Settings
+    redis: Redis
+    producer: Producer
+    hub: Hub
+    api_keys: ApiKeys
+    tokens: EventTokens
+    metrics: Metrics
+    job_types: frozenset[str]
+    progress_interval_s: float
+
+
+def get_gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+bearer = HTTPBearer(auto_error=False, description="an API key from CONVEYOR_API_KEYS")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+TokenParam = Annotated[
+    str | None, Query(description="event token from a `links.events` URL (for EventSource)")
+]
+
+UNAUTHORIZED = HTTPException(
+    401, "missing or unknown API key", headers={"WWW-Authenticate": "Bearer"}
+)
+
+
+def _from_key(gw: Gateway, credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    if credentials is None:
+        return None
+    tenant = gw.api_keys.tenant(credentials.credentials)
+    if tenant is None:
+        raise UNAUTHORIZED
+    return tenant
+
+
+def require_tenant(gw: GatewayDep, credentials: Credentials) -> str:
+    tenant = _from_key(gw, credentials)
+    if tenant is None:
+        raise UNAUTHORIZED
+    return tenant
+
+
+def job_events_tenant(
+    gw: GatewayDep, credentials: Credentials, job_id: str, token: TokenParam = None
+) -> str:
+    """A bearer key, or a token signed for this one job."""
+    tenant = _from_key(gw, credentials)
+    if tenant is None and token:
+        tenant = gw.tokens.verify(job_scope(job_id), token)
+    if tenant is None:
+        raise UNAUTHORIZED
+    return tenant
+
+
+def firehose_tenant(gw: GatewayDep, credentials: Credentials, token: TokenParam = None) -> str:
+    """A bearer key, or a firehose token (the `links.events` of `GET /v1/jobs`)."""
+    tenant = _from_key(gw, credentials)
+    if tenant is None and token:
+        tenant = gw.tokens.verify(FIREHOSE_SCOPE, token)
+    if tenant is None:
+        raise UNAUTHORIZED
+    return tenant
+
+
+Tenant = Annotated[str, Depends(require_tenant)]
+JobEventsTenant = Annotated[str, Depends(job_events_tenant)]
+FirehoseTenant = Annotated[str, Depends(firehose_tenant)]

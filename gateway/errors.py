@@ -1,0 +1,121 @@
+"""How failures become HTTP answers: always JSON `{"error", "message", ...}`, never a bare 500.
+
+ConveyorError (schemas.errors)
+├── JobNotFound          404 (also another tenant's job: no existence leak)
+├── TransitionRefused    409 with the job's current `status`
+├── UnknownJobType       422
+└── RedisUnavailable     503 with Retry-After: Redis did not answer within the deadline
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException
+
+from schemas.errors import ConveyorError, JobNotFound, TransitionRefused, UnknownJobType
+
+log = logging.getLogger("conveyor.gateway")
+
+
+class RedisUnavailable(ConveyorError):
+    """Redis did not answer within `redis_timeout_s`."""
+
+
+class QueueNotConfigured(ConveyorError):
+    def __init__(self, queue: str, configured: list[str]) -> None:
+        super().__init__(
+            f"queue {queue!r} is not configured; configured queues: {', '.join(configured)}"
+        )
+        self.queue = queue
+
+
+@asynccontextmanager
+async def redis_deadline(seconds: float) -> AsyncIterator[None]:
+    """Bound every Redis round trip inside by one deadline: a frozen Redis answers 503 in
+    `seconds`, not when the kernel gives up on the socket."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except (TimeoutError, RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise RedisUnavailable(f"redis did not answer within {seconds:g}s") from exc
+
+
+def error(status_code: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    headers = {"Retry-After": "1"} if status_code == 503 else None
+    return JSONResponse(
+        {"error": code, "message": message, **extra}, status_code=status_code, headers=headers
+    )
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+async def _validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    message = "; ".join(f"{_field(d['loc'])}: {d['msg']}" for d in detail)
+    return error(422, "validation_error", message, detail=detail)
+
+
+async def _http(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    response = error(exc.status_code, _code_for(exc.status_code), str(exc.detail))
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+def _code_for(status: int) -> str:
+    return {
+        401: "unauthorized",
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "payload_too_large",
+        503: "unavailable",
+    }.get(status, "http_error")
+
+
+async def _conveyor(_: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, JobNotFound):
+        return error(404, "not_found", str(exc))
+    if isinstance(exc, TransitionRefused):
+        return error(409, "conflict", str(exc), status=exc.status)
+    if isinstance(exc, UnknownJobType):
+        detail = [{"loc": ["body", "type"], "msg": str(exc), "type": "unknown_job_type"}]
+        return error(422, "validation_error", f"body.type: {exc}", detail=detail)
+    if isinstance(exc, QueueNotConfigured):
+        detail = [{"loc": ["body", "queue"], "msg": str(exc), "type": "unknown_queue"}]
+        return error(422, "validation_error", f"queue: {exc}", detail=detail)
+    if isinstance(exc, RedisUnavailable):
+        return error(503, "unavailable", str(exc))
+    log.error("unexpected %s", type(exc).__name__, exc_info=exc)
+    return error(500, "internal", "internal error")
+
+
+async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
+    return error(503, "unavailable", f"redis unavailable: {type(exc).__name__}")
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    # Starlette's ServerErrorMiddleware re-raises after answering, so the server logs it too.
+    return error(500, "internal", "internal error")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(HTTPException, _http)
+    app.add_exception_handler(ConveyorError, _conveyor)
+    app.add_exception_handler(RedisConnectionError, _redis_down)
+    app.add_exception_handler(RedisTimeoutError, _redis_down)
+    app.add_exception_handler(Exception, _unexpected)

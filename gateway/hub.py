@@ -1,0 +1,341 @@
+"""The SSE fan-out hub: one Redis reader per gateway process, many in-memory subscribers.
+
+Concurrency::
+
+    Redis  conveyor:{q}:events  (one stream per configured queue)
+       │  XREAD BLOCK, from the streams' tails at startup, then from the last id read
+       ▼
+    Hub._run  ── one task per process; reconnects by itself after Redis errors
+       │  Event.from_entry, then for each event:
+       │    subscribers of that job id          (per-job SSE)
+       │    subscribers of that tenant, filtered (firehose SSE)
+       │  push() never blocks: a full buffer disconnects that subscriber
+       ▼
+    Subscriber  ── bounded deque (settings.sse_subscriber_buffer) + wake-up event
+       │
+       ▼
+    response generator (gateway.streams) ── one per HTTP response: snapshot or replay first,
+       then `await subscriber.next()`, drop ids already sent, throttle progress, yield
+       ▼
+    EventSourceResponse ── writes to the socket; a slow socket stalls only its own
+       generator, whose buffer then fills, and the hub drops it (the client resumes with
+       Last-Event-ID: memory stays bounded and nothing is lost)
+
+A browser costs no Redis connection. When the reader finds it fell behind the events stream's
+cap (entries after its position were trimmed before it read them), it refills each affected
+job subscriber from that job's own stream; firehose subscribers of that queue are ended (they
+resume with Last-Event-ID as far as the capped stream still reaches).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway.metrics import Metrics
+from schemas.keys import QueueKeys
+from schemas.models import Event
+from schemas.settings import Settings
+
+log = logging.getLogger("conveyor.gateway.hub")
+
+BATCH = 500
+BLOCK_MS = 1000
+BACKOFF_MAX_S = 2.0
+
+
+def parse_id(entry_id: str) -> tuple[int, int]:
+    """A stream id as a comparable pair. Raises ValueError for anything else."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def is_stream_id(text: str) -> bool:
+    try:
+        parse_id(text)
+    except ValueError:
+        return False
+    return True
+
+
+class SubscriberClosed(Exception):
+    """The subscriber was dropped (too slow) or the hub stopped: end the response."""
+
+
+class Subscriber:
+    """One response's inbox. Filled by the hub without ever blocking it."""
+
+    __slots__ = (
+        "_items",
+        "_wakeup",
+        "closed",
+        "dropped",
+        "event_types",
+        "job_id",
+        "job_types",
+        "maxsize",
+        "queue",
+        "queues",
+        "tenant",
+    )
+
+    def __init__(
+        self,
+        maxsize: int,
+        *,
+        queue: str | None = None,
+        job_id: str | None = None,
+        tenant: str | None = None,
+        queues: frozenset[str] | None = None,
+        job_types: frozenset[str] | None = None,
+        event_types: frozenset[str] | None = None,
+    ) -> None:
+        self.maxsize = maxsize
+        self.queue = queue
+        self.job_id = job_id
+        self.tenant = tenant
+        self.queues = queues
+        self.job_types = job_types
+        self.event_types = event_types
+        self._items: deque[Event] = deque()
+        self._wakeup = asyncio.Event()
+        self.closed = False
+        self.dropped = False
+
+    def matches(self, event: Event) -> bool:
+        return (
+            (self.queues is None or event.queue in self.queues)
+            and (self.job_types is None or event.job_type in self.job_types)
+            and (self.event_types is None or event.event.value in self.event_types)
+        )
+
+    def push(self, event: Event) -> bool:
+        """Queue `event`; False when the buffer was full and the subscriber is now dropped."""
+        if self.closed:
+            return True
+        if len(self._items) >= self.maxsize:
+            self.dropped = True
+            self.close()
+            return False
+        self._items.append(event)
+        self._wakeup.set()
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+        self._items.clear()
+        self._wakeup.set()
+
+    async def next(self, wait_s: float | None = None) -> Event | None:
+        """The next event; None when `wait_s` passed first. Raises SubscriberClosed."""
+        while not self._items:
+            if self.closed:
+                raise SubscriberClosed
+            self._wakeup.clear()
+            if wait_s is None:
+                await self._wakeup.wait()
+            else:
+                try:
+                    async with asyncio.timeout(wait_s):
+                        await self._wakeup.wait()
+                except TimeoutError:
+                    return None
+        if self.closed:
+            raise SubscriberClosed
+        return self._items.popleft()
+
+    async def wait_closed(self) -> None:
+        while not self.closed:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Hub:
+    """Reads every configured queue's events stream once and fans the events out."""
+
+    def __init__(self, redis: Redis, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.keys = {q: QueueKeys(q, settings.key_prefix) for q in settings.queues}
+        self._stream_queue = {k.events: q for q, k in self.keys.items()}
+        self.positions: dict[str, str] = {}
+        self._jobs: dict[str, set[Subscriber]] = {}
+        self._tenants: dict[str, set[Subscriber]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.ready = asyncio.Event()
+        self.dispatched = 0
+
+    # --- subscribers --------------------------------------------------------------------
+
+    def subscribe_job(self, queue: str, job_id: str) -> Subscriber:
+        sub = Subscriber(self.settings.sse_subscriber_buffer, queue=queue, job_id=job_id)
+        self._jobs.setdefault(job_id, set()).add(sub)
+        return sub
+
+    def subscribe_tenant(
+        self,
+        tenant: str,
+        *,
+        queues: Iterable[str] | None = None,
+        job_types: Iterable[str] | None = None,
+        event_types: Iterable[str] | None = None,
+    ) -> Subscriber:
+        sub = Subscriber(
+            self.settings.sse_subscriber_buffer,
+            tenant=tenant,
+            queues=frozenset(queues) if queues else None,
+            job_types=frozenset(job_types) if job_types else None,
+            event_types=frozenset(event_types) if event_types else None,
+        )
+        self._tenants.setdefault(tenant, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        sub.close()
+        index, key = (self._jobs, sub.job_id) if sub.job_id else (self._tenants, sub.tenant)
+        if key is None:
+            return
+        subs = index.get(key)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del index[key]
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(map(len, self._jobs.values())) + sum(map(len, self._tenants.values()))
+
+    def dispatch(self, event: Event) -> None:
+        targets: list[Subscriber] = list(self._jobs.get(event.job_id, ()))
+        targets += [s for s in self._tenants.get(event.tenant, ()) if s.matches(event)]
+        for sub in targets:
+            if not sub.push(event):
+                self.metrics.hub_drops.inc()
+                self.unsubscribe(sub)
+        self.dispatched += 1
+
+    # --- the reader ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="conveyor-hub-reader")
+
+    async def close(self) -> None:
+        self._closing = True
+        task, self._task = self._task, None
+        # Cancel until it ends: a cancellation that lands inside redis-py's own socket
+        # timeout can come out as a TimeoutError, which the loop would take for a Redis error.
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
+        if task is not None and not task.cancelled():
+            with contextlib.suppress(Exception):
+                task.result()
+        for subs in [*self._jobs.values(), *self._tenants.values()]:
+            for sub in list(subs):
+                sub.close()
+        self._jobs.clear()
+        self._tenants.clear()
+
+    async def resolve_positions(self) -> None:
+        """Start at each stream's current tail ('$', but pinned, so nothing slips between
+        two XREADs); a stream that does not exist yet is read from its beginning."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in self._stream_queue:
+                pipe.xrevrange(key, "+", "-", count=1)
+            tails = await pipe.execute()
+        self.positions = {
+            key: (rows[0][0] if rows else "0-0")
+            for key, rows in zip(self._stream_queue, tails, strict=True)
+        }
+        self.ready.set()
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while not self._closing:
+            try:
+                if not self.ready.is_set():
+                    await self.resolve_positions()
+                await self.read_once(BLOCK_MS)
+                backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self.metrics.hub_errors.inc()
+                log.warning(
+                    "hub reader: %s: %s; reconnecting in %.2fs", type(exc).__name__, exc, backoff
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+            except Exception:
+                self.metrics.hub_errors.inc()
+                log.exception("hub reader: unexpected error")
+                await asyncio.sleep(BACKOFF_MAX_S)
+
+    async def read_once(self, block_ms: int | None = None) -> int:
+        """One XREAD over every queue; dispatches what it read and returns how many."""
+        streams: dict[Any, Any] = dict(self.positions)
+        response: Any = await self.redis.xread(streams, count=BATCH, block=block_ms)
+        total = 0
+        for stream, entries in response or ():
+            if not entries:
+                continue
+            started = time.perf_counter()
+            if len(entries) >= min(BATCH, self.settings.events_maxlen):
+                await self._refill_if_trimmed(stream, entries[0][0])
+            now_ms = time.time() * 1000
+            for entry_id, fields in entries:
+                event = Event.from_entry(entry_id, fields)
+                self.dispatch(event)
+                self.positions[stream] = entry_id
+                self.metrics.hub_lag.set(max(0.0, now_ms - event.ts) / 1000)
+            self.metrics.hub_events.inc(len(entries))
+            self.metrics.hub_dispatch.observe(time.perf_counter() - started)
+            total += len(entries)
+        return total
+
+    async def _refill_if_trimmed(self, stream: str, first_read: str) -> None:
+        """A full batch may mean we lag by more than the cap. If the stream now starts after
+        our position, the entries between were trimmed unread: fetch them, for every job
+        subscriber of that queue, from the job's own stream (ids are the same there)."""
+        position = self.positions[stream]
+        if position == "0-0":  # read from the beginning: nothing before it to lose
+            return
+        head = await self.redis.xrange(stream, "-", "+", count=1)
+        if not head or parse_id(head[0][0]) <= parse_id(position):
+            return
+        queue = self._stream_queue[stream]
+        keys = self.keys[queue]
+        self.metrics.hub_refills.inc()
+        log.warning("hub reader fell behind the cap of %s: refilling from job streams", stream)
+        for job_id, subs in list(self._jobs.items()):
+            if not any(s.queue == queue for s in subs):
+                continue
+            rows = await self.redis.xrange(
+                keys.job_events(job_id), f"({position}", f"({first_read}"
+            )
+            for entry_id, fields in rows:
+                self.dispatch_to(subs, Event.from_entry(entry_id, fields))
+        for tenant_subs in list(self._tenants.values()):
+            for sub in list(tenant_subs):
+                if sub.queues is None or queue in sub.queues:
+                    sub.dropped = True
+                    self.unsubscribe(sub)
+
+    def dispatch_to(self, subs: Iterable[Subscriber], event: Event) -> None:
+        for sub in list(subs):
+            if not sub.push(event):
+                self.metrics.hub_drops.inc()
+                self.unsubscribe(sub)

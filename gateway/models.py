@@ -1,0 +1,40 @@
+"""Response bodies of the API (requests are `schemas.SubmitRequest`)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.models import Job
+
+
+class Links(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    self_: str = Field(alias="self", description="the job's snapshot")
+    events: str = Field(description="SSE stream of the job; carries a token for EventSource")
+
+
+class JobResource(Job):
+    """A job's snapshot with its links."""
+
+    links: Links
+
+
+class PageLinks(BaseModel):
+    events: str = Field(description="SSE firehose of the caller's jobs, with a token")
+
+
+class JobPage(BaseModel):
+    items: list[JobResource]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null: done")
+    links: PageLinks
+
+
+class ActionResult(BaseModel):
+    outcome: str = Field(description="cancel: `cancelled` or `requested`; retry: `queued`")
+    job: JobResource
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str

@@ -1,0 +1,88 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import httpx
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from gateway.deps import Gateway, GatewayDep
+from gateway.errors import RedisUnavailable, redis_deadline
+from schemas.keys import CONSUMER_GROUP
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive (it does not look at Redis)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "a dependency is unreachable"}})
+async def readyz(gw: GatewayDep) -> Any:
+    """Redis answers (and S3, when configured): route traffic here."""
+    checks: dict[str, str] = {}
+    try:
+        async with redis_deadline(gw.settings.redis_timeout_s):
+            await gw.redis.ping()
+        checks["redis"] = "ok"
+    except (RedisUnavailable, RedisError) as exc:
+        checks["redis"] = f"unreachable: {exc}"
+    if gw.settings.s3_endpoint:
+        checks["s3"] = await _s3_check(gw)
+    ok = all(v == "ok" for v in checks.values())
+    return JSONResponse(
+        {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
+    )
+
+
+async def _s3_check(gw: Gateway) -> str:
+    endpoint = gw.settings.s3_endpoint or ""
+    if "://" not in endpoint:
+        endpoint = f"{'https' if gw.settings.s3_secure else 'http'}://{endpoint}"
+    try:
+        async with httpx.AsyncClient(timeout=gw.settings.redis_timeout_s) as client:
+            # Any HTTP answer (403 included) means the server is there and serving.
+            await client.head(endpoint)
+    except httpx.HTTPError as exc:
+        return f"unreachable: {type(exc).__name__}"
+    return "ok"
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(gw: GatewayDep) -> Response:
+    """Prometheus text: gateway counters, and queue depth/pending/lag for autoscalers."""
+    m = gw.metrics
+    try:
+        async with redis_deadline(gw.settings.redis_timeout_s):
+            await _queue_gauges(gw)
+        m.redis_up.set(1)
+    except (RedisUnavailable, RedisError):
+        m.redis_up.set(0)
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _queue_gauges(gw: Gateway) -> None:
+    m = gw.metrics
+    for queue in gw.settings.queues:
+        k = gw.producer.keys(queue)
+        async with gw.redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(k.jobs)
+            pipe.zcard(k.delayed)
+            pipe.xlen(k.dead)
+            length, delayed, dead = await pipe.execute()
+        groups: list[dict[str, Any]] = []
+        with contextlib.suppress(RedisError):  # no stream yet: nothing pending
+            groups = await gw.redis.xinfo_groups(k.jobs)
+        group = next((g for g in groups if g.get("name") == CONSUMER_GROUP), {})
+        m.queue_length.labels(queue).set(length)
+        m.queue_delayed.labels(queue).set(delayed)
+        m.queue_dead.labels(queue).set(dead)
+        m.queue_pending.labels(queue).set(int(group.get("pending") or 0))
+        m.queue_lag.labels(queue).set(int(group.get("lag") or 0))

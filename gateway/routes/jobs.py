@@ -1,0 +1,194 @@
+"""`/v1/jobs`: submit, read, list, cancel, retry, artifacts."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Query, Response
+from fastapi.responses import JSONResponse, RedirectResponse
+
+from gateway.access import job_path, own_job, page_links, resource
+from gateway.deps import GatewayDep, Tenant
+from gateway.errors import QueueNotConfigured, RedisUnavailable, redis_deadline
+from gateway.listing import decode_cursor, encode_cursor, list_jobs
+from gateway.models import ActionResult, ErrorBody, JobPage, JobResource
+from schemas.errors import UnknownJobType
+from schemas.models import SubmitRequest
+from schemas.status import JobStatus
+
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or unknown API key"},
+    404: {"model": ErrorBody, "description": "no such job (or another tenant's)"},
+    503: {"model": ErrorBody, "description": "Redis did not answer in time"},
+}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobResource,
+    responses={
+        **{k: v for k, v in ERRORS.items() if k != 404},
+        413: {"model": ErrorBody, "description": "request body over the limit"},
+    },
+)
+async def submit(
+    body: SubmitRequest,
+    gw: GatewayDep,
+    tenant: Tenant,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(description="same key from the same tenant: the same job, whatever the body"),
+    ] = None,
+) -> Any:
+    settings = gw.settings
+    if idempotency_key is not None and not IDEMPOTENCY_KEY.match(idempotency_key):
+        return _bad_header("Idempotency-Key", "must be 1-255 visible ASCII characters")
+    if "queue" not in body.model_fields_set:  # the first configured queue is the default
+        body = body.model_copy(update={"queue": settings.queues[0]})
+    if body.queue not in settings.queues:
+        raise QueueNotConfigured(body.queue, settings.queues)
+    if body.type not in gw.job_types:
+        raise UnknownJobType(body.type, sorted(gw.job_types))
+    async with redis_deadline(settings.redis_timeout_s):
+        job = None
+        if idempotency_key is not None:
+            job = await _earlier_job(gw, tenant, idempotency_key, body.queue)
+        if job is None:
+            submitted = await gw.producer.submit(
+                body, tenant=tenant, idempotency_key=idempotency_key
+            )
+            job = await gw.producer.get(submitted.queue, submitted.job_id)
+            if submitted.created:
+                gw.metrics.submits.labels(body.type).inc()
+    if job is None:  # expired between the two calls: vanishingly rare, and retryable
+        raise RedisUnavailable("the job disappeared while it was being read; retry")
+    response.headers["Location"] = job_path(job.id)
+    if idempotency_key is not None:
+        response.headers["Idempotency-Key"] = idempotency_key
+    return resource(gw, job)
+
+
+async def _earlier_job(gw: GatewayDep, tenant: str, key: str, queue: str) -> Any:
+    """The job an earlier request with this key created in *another* queue (the submit
+    script already answers for the requested queue, atomically)."""
+    for other in gw.settings.queues:
+        if other == queue:
+            continue
+        job_id = await gw.redis.get(gw.producer.keys(other).idempotency(tenant, key))
+        if job_id:
+            job = await gw.producer.get(other, job_id)
+            if job is not None:
+                return job
+    return None
+
+
+def _bad_header(name: str, message: str) -> JSONResponse:
+    detail = [{"loc": ["header", name], "msg": message, "type": "value_error"}]
+    return JSONResponse(
+        {"error": "validation_error", "message": f"header.{name}: {message}", "detail": detail},
+        status_code=422,
+    )
+
+
+@router.get("", response_model=JobPage, responses={k: v for k, v in ERRORS.items() if k != 404})
+async def list_(
+    gw: GatewayDep,
+    tenant: Tenant,
+    status: Annotated[JobStatus | None, Query()] = None,
+    type: Annotated[str | None, Query(max_length=128)] = None,
+    queue: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=512, description="from `next_cursor`")] = None,
+) -> Any:
+    settings = gw.settings
+    if queue is not None and queue not in settings.queues:
+        raise HTTPException(422, f"queue: {queue!r} is not configured")
+    try:
+        after = decode_cursor(cursor) if cursor is not None else None
+    except ValueError:
+        raise HTTPException(422, "cursor: not a cursor this API issued") from None
+    keys = [gw.producer.keys(q) for q in settings.queues if queue is None or q == queue]
+    async with redis_deadline(settings.redis_timeout_s):
+        page = await list_jobs(
+            gw.redis, keys, tenant, limit=limit, after=after, status=status, job_type=type
+        )
+    return JobPage(
+        items=[resource(gw, job) for job in page.jobs],
+        next_cursor=encode_cursor(page.next) if page.next else None,
+        links=page_links(gw, tenant),
+    )
+
+
+@router.get("/{job_id}", response_model=JobResource, responses=ERRORS)
+async def get(job_id: str, gw: GatewayDep, tenant: Tenant) -> Any:
+    return resource(gw, await own_job(gw, tenant, job_id))
+
+
+ACTION_ERRORS = {
+    **ERRORS,
+    409: {"model": ErrorBody, "description": "the job's status does not allow it"},
+}
+
+
+@router.post(
+    "/{job_id}/cancel", status_code=202, response_model=ActionResult, responses=ACTION_ERRORS
+)
+async def cancel(job_id: str, gw: GatewayDep, tenant: Tenant) -> Any:
+    job = await own_job(gw, tenant, job_id)
+    async with redis_deadline(gw.settings.redis_timeout_s):
+        outcome = await gw.producer.cancel(job.queue, job.id)
+        after = await gw.producer.get(job.queue, job.id)
+    return ActionResult(outcome=outcome, job=resource(gw, after or job))
+
+
+@router.post(
+    "/{job_id}/retry", status_code=202, response_model=ActionResult, responses=ACTION_ERRORS
+)
+async def retry(job_id: str, gw: GatewayDep, tenant: Tenant) -> Any:
+    job = await own_job(gw, tenant, job_id)
+    async with redis_deadline(gw.settings.redis_timeout_s):
+        outcome = await gw.producer.retry(job.queue, job.id)
+        after = await gw.producer.get(job.queue, job.id)
+    return ActionResult(outcome=outcome, job=resource(gw, after or job))
+
+
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    status_code=307,
+    response_class=RedirectResponse,
+    responses=ERRORS,
+)
+async def artifact(job_id: str, name: str, gw: GatewayDep, tenant: Tenant) -> Any:
+    job = await own_job(gw, tenant, job_id)
+    found = next((a for a in job.artifacts if a.name == name), None)
+    if found is None:
+        raise HTTPException(404, f"job {job_id!r} has no artifact {name!r}")
+    settings = gw.settings
+    try:
+        from consumers.storage import Storage
+    except ImportError:
+        raise HTTPException(503, "artifact storage is not available") from None
+    if not settings.s3_endpoint:
+        raise HTTPException(503, "artifact storage is not configured")
+
+    def presign() -> str:
+        storage = Storage.from_settings(settings)
+        try:
+            return storage.presigned_get_url(found.key, settings.presign_ttl_s)
+        finally:
+            storage.close()
+
+    try:
+        async with asyncio.timeout(settings.redis_timeout_s):
+            url = await asyncio.to_thread(presign)
+    except TimeoutError:
+        raise HTTPException(503, "artifact storage did not answer in time") from None
+    return RedirectResponse(url, status_code=307)

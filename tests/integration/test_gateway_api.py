@@ -1,0 +1,390 @@
+"""The gateway's HTTP API through httpx.ASGITransport, with the app's lifespan, on real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from conveyor.process import free_port
+from gateway.app import create_app
+from gateway.deps import Gateway
+from producer import Producer
+from schemas.keys import CONSUMER_GROUP
+from schemas.models import Artifact, SubmitRequest
+from schemas.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+A = {"Authorization": "Bearer key-a"}
+B = {"Authorization": "Bearer key-b"}
+KEYS = {"key-a": "acme", "key-b": "globex"}
+LIMIT = 4096
+
+
+@pytest.fixture
+def settings(settings_factory: Callable[..., Settings], queue_name: str) -> Settings:
+    return settings_factory(
+        api_keys=KEYS,
+        max_payload_bytes=LIMIT,
+        queues=[queue_name, f"{queue_name}-b"],
+        token_secret="test-secret",
+    )
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with LifespanManager(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+        yield http
+
+
+@pytest.fixture
+def producer(redis: aioredis.Redis, settings: Settings) -> Producer:
+    return Producer(redis, settings)
+
+
+async def submit(client: httpx.AsyncClient, headers: dict[str, str] = A, **body: Any) -> Any:
+    response = await client.post("/v1/jobs", json={"type": "noop", **body}, headers=headers)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+async def run_to_success(producer: Producer, queue: str, job_id: str, result: Any = None) -> None:
+    """Drive a queued job to `succeeded` the way a worker would (it is the only one queued)."""
+    await producer.ensure_group(queue)
+    read = await producer.redis.xreadgroup(
+        CONSUMER_GROUP, "c1", {producer.keys(queue).jobs: ">"}, count=1
+    )
+    entry_id, fields = read[0][1][0]
+    assert fields["job_id"] == job_id
+    [delivery] = await producer.start(queue, [(entry_id, job_id)], "c1")
+    artifact = Artifact(
+        name="out.txt",
+        bucket="conveyor",
+        key=f"{queue}/{job_id}/out.txt",
+        size=1,
+        sha256="0" * 64,
+        etag="e",
+        content_type="text/plain",
+    )
+    assert await producer.succeed(delivery, result, [artifact])
+
+
+async def test_submit_answers_202_with_snapshot_and_links(
+    client: httpx.AsyncClient, queue_name: str
+) -> None:
+    response = await client.post(
+        "/v1/jobs", json={"type": "noop", "payload": {"x": 1}, "queue": queue_name}, headers=A
+    )
+    assert response.status_code == 202
+    job = response.json()
+    assert job["status"] == "queued"
+    assert job["type"] == "noop"
+    assert job["payload"] == {"x": 1}
+    assert job["tenant"] == "acme"
+    assert job["last_event_id"]
+    assert job["links"]["self"] == f"/v1/jobs/{job['id']}"
+    assert job["links"]["events"].startswith(f"/v1/jobs/{job['id']}/events?token=")
+    assert response.headers["location"] == job["links"]["self"]
+    fetched = await client.get(job["links"]["self"], headers=A)
+    assert fetched.status_code == 200
+    assert fetched.json()["id"] == job["id"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer nope"},
+        {"Authorization": "Basic a2V5LWE6"},
+        {"Authorization": "Bearer"},
+    ],
+)
+async def test_no_known_key_is_401(client: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    for method, path in [("POST", "/v1/jobs"), ("GET", "/v1/jobs"), ("GET", "/v1/jobs/x")]:
+        response = await client.request(method, path, headers=headers, json={"type": "noop"})
+        assert response.status_code == 401, (method, path, response.text)
+        assert response.json()["error"] == "unauthorized"
+
+
+async def test_another_tenants_job_is_404_on_every_job_endpoint(
+    client: httpx.AsyncClient, producer: Producer, queue_name: str
+) -> None:
+    job = await submit(client)
+    await run_to_success(producer, queue_name, job["id"])
+    base = f"/v1/jobs/{job['id']}"
+    calls = [
+        ("GET", base),
+        ("GET", f"{base}/events"),
+        ("POST", f"{base}/cancel"),
+        ("POST", f"{base}/retry"),
+        ("GET", f"{base}/artifacts/out.txt"),
+    ]
+    for method, path in calls:
+        theirs = await client.request(method, path, headers=B)
+        missing = await client.request(method, path.replace(job["id"], "0" * 32), headers=B)
+        assert theirs.status_code == 404, (path, theirs.text)
+        # Exactly the answer for a job that does not exist: no existence leak.
+        assert theirs.json()["error"] == missing.json()["error"] == "not_found"
+    listed = await client.get("/v1/jobs", headers=B)
+    assert listed.json()["items"] == []
+
+
+async def test_cancel_and_retry_202_and_409_with_status(
+    client: httpx.AsyncClient, queue_name: str
+) -> None:
+    job = await submit(client)
+    base = f"/v1/jobs/{job['id']}"
+    refused = await client.post(f"{base}/retry", headers=A)
+    assert refused.status_code == 409
+    assert refused.json()["status"] == "queued"
+    cancelled = await client.post(f"{base}/cancel", headers=A)
+    assert cancelled.status_code == 202
+    assert cancelled.json()["outcome"] == "cancelled"
+    assert cancelled.json()["job"]["status"] == "cancelled"
+    again = await client.post(f"{base}/cancel", headers=A)
+    assert again.status_code == 409
+    assert again.json()["status"] == "cancelled"
+    retried = await client.post(f"{base}/retry", headers=A)
+    assert retried.status_code == 202
+    assert retried.json() | {"job": None} == {"outcome": "queued", "job": None}
+    assert retried.json()["job"]["status"] == "queued"
+
+
+async def test_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
+    def body(size: int) -> bytes:
+        prefix, suffix = b'{"type":"noop","payload":{"x":"', b'"}}'
+        return prefix + b"a" * (size - len(prefix) - len(suffix)) + suffix
+
+    json_headers = {**A, "Content-Type": "application/json"}
+    at_limit = await client.post("/v1/jobs", content=body(LIMIT), headers=json_headers)
+    assert at_limit.status_code == 202, at_limit.text
+    over = await client.post("/v1/jobs", content=body(LIMIT + 1), headers=json_headers)
+    assert over.status_code == 413
+    assert over.json()["error"] == "payload_too_large"
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+        data = body(LIMIT + 1)
+        for i in range(0, len(data), 1000):
+            yield data[i : i + 1000]
+
+    streamed = await client.post("/v1/jobs", content=chunked(), headers=json_headers)
+    assert streamed.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "body.type"),
+        ({"type": "noop", "payload": [1]}, "body.payload"),
+        ({"type": "noop", "delay_s": -1}, "body.delay_s"),
+        ({"type": "noop", "max_attempts": 0}, "body.max_attempts"),
+        ({"type": "noop", "colour": "red"}, "body.colour"),
+        ({"type": "no such type"}, "body.type"),
+        ({"type": "teleport"}, "body.type"),
+        ({"type": "noop", "queue": "elsewhere"}, "queue"),
+    ],
+)
+async def test_bad_bodies_are_422_naming_the_field(
+    client: httpx.AsyncClient, body: dict[str, Any], field: str
+) -> None:
+    response = await client.post("/v1/jobs", json=body, headers=A)
+    assert response.status_code == 422, response.text
+    assert response.json()["message"].startswith(field), response.json()
+    if body.get("type") == "teleport":
+        assert "'teleport'" in response.json()["message"]
+        assert "noop" in response.json()["message"]  # says what is known
+
+
+async def test_malformed_json_and_bad_query_are_422(client: httpx.AsyncClient) -> None:
+    headers = {**A, "Content-Type": "application/json"}
+    assert (await client.post("/v1/jobs", content=b"{", headers=headers)).status_code == 422
+    for query in ["limit=0", "limit=x", "status=lost", "cursor=!!", "queue=nope"]:
+        response = await client.get(f"/v1/jobs?{query}", headers=A)
+        assert response.status_code == 422, (query, response.text)
+        assert query.split("=")[0] in response.json()["message"]
+    bad_key = await client.post(
+        "/v1/jobs", json={"type": "noop"}, headers={**A, "Idempotency-Key": "a b"}
+    )
+    assert bad_key.status_code == 422
+    assert "Idempotency-Key" in bad_key.json()["message"]
+
+
+async def test_idempotency_key_same_tenant_same_job_whatever_the_body(
+    client: httpx.AsyncClient, queue_name: str
+) -> None:
+    key = {"Idempotency-Key": "order-42"}
+    first = await submit(client, {**A, **key}, payload={"n": 1})
+    again = await submit(client, {**A, **key}, type="sleep", payload={"n": 2})
+    elsewhere = await submit(client, {**A, **key}, queue=f"{queue_name}-b")
+    assert again["id"] == first["id"] == elsewhere["id"]
+    assert again["payload"] == {"n": 1}
+    other_tenant = await submit(client, {**B, **key}, payload={"n": 1})
+    assert other_tenant["id"] != first["id"]
+    assert other_tenant["tenant"] == "globex"
+    fresh = await submit(client, {**A, "Idempotency-Key": "order-43"})
+    assert fresh["id"] != first["id"]
+
+
+async def test_list_newest_first_with_filters_and_cursor_pagination(
+    client: httpx.AsyncClient, queue_name: str
+) -> None:
+    submitted = []
+    for i in range(23):
+        queue = queue_name if i % 3 else f"{queue_name}-b"
+        submitted.append(await submit(client, type="sleep" if i % 2 else "noop", queue=queue))
+    await submit(client, B)  # another tenant's: never listed
+    for job in submitted[::4]:
+        assert (await client.post(f"/v1/jobs/{job['id']}/cancel", headers=A)).status_code == 202
+    expected = sorted(submitted, key=lambda j: (j["created_at"], j["id"]), reverse=True)
+
+    async def collect(query: str, limit: int) -> list[str]:
+        ids: list[str] = []
+        cursor = None
+        for _ in range(50):
+            params = f"{query}&limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+            page = (await client.get(f"/v1/jobs?{params}", headers=A)).json()
+            assert len(page["items"]) <= limit
+            ids += [item["id"] for item in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return ids
+        raise AssertionError("pagination did not end")
+
+    assert await collect("", 5) == [j["id"] for j in expected]
+    assert await collect("", 23) == [j["id"] for j in expected]
+    cancelled = {j["id"] for j in submitted[::4]}
+    assert await collect("status=cancelled", 2) == [
+        j["id"] for j in expected if j["id"] in cancelled
+    ]
+    assert await collect("type=sleep", 3) == [j["id"] for j in expected if j["type"] == "sleep"]
+    assert await collect(f"queue={queue_name}-b&type=noop", 4) == [
+        j["id"] for j in expected if j["queue"] == f"{queue_name}-b" and j["type"] == "noop"
+    ]
+    page = (await client.get("/v1/jobs?limit=1", headers=A)).json()
+    assert page["links"]["events"].startswith("/v1/events?token=")
+
+
+async def test_artifact_redirects_to_a_presigned_url(
+    app: FastAPI, client: httpx.AsyncClient, producer: Producer, queue_name: str
+) -> None:
+    job = await submit(client)
+    await run_to_success(producer, queue_name, job["id"], {"ok": True})
+    gw: Gateway = app.state.gateway
+    gw.settings = gw.settings.model_copy(update={"s3_endpoint": "127.0.0.1:9"})
+    response = await client.get(f"/v1/jobs/{job['id']}/artifacts/out.txt", headers=A)
+    assert response.status_code == 307, response.text
+    location = response.headers["location"]
+    assert f"/{queue_name}/{job['id']}/out.txt" in location
+    assert "X-Amz-Signature=" in location
+    missing = await client.get(f"/v1/jobs/{job['id']}/artifacts/nope", headers=A)
+    assert missing.status_code == 404
+
+
+async def test_frozen_redis_is_503_within_the_deadline(
+    settings_factory: Callable[..., Settings], fresh_redis: Callable[..., Any]
+) -> None:
+    server = fresh_redis()
+    settings = settings_factory(redis_url=server.url, api_keys=KEYS)
+    application = create_app(settings)
+    transport = httpx.ASGITransport(application, raise_app_exceptions=False)
+    async with (
+        LifespanManager(application),
+        httpx.AsyncClient(transport=transport, base_url="http://gw") as http,
+    ):
+        job = await submit(http)
+        os.kill(server.pid, signal.SIGSTOP)  # a hung Redis: connections open, no answers
+        try:
+            started = time.monotonic()
+            answers = await asyncio.gather(
+                http.post("/v1/jobs", json={"type": "noop"}, headers=A),
+                http.get(f"/v1/jobs/{job['id']}", headers=A),
+                http.get("/v1/jobs", headers=A),
+                http.post(f"/v1/jobs/{job['id']}/cancel", headers=A),
+                http.get("/readyz"),
+            )
+            elapsed = time.monotonic() - started
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        assert [a.status_code for a in answers] == [503] * 5, [a.text for a in answers]
+        assert elapsed < 2.5
+        assert answers[0].json()["error"] == "unavailable"
+        assert answers[0].headers["retry-after"] == "1"
+        assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_unreachable_redis_is_503_and_not_ready(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    settings = settings_factory(redis_url=f"redis://127.0.0.1:{free_port()}/0", api_keys=KEYS)
+    application = create_app(settings)
+    transport = httpx.ASGITransport(application, raise_app_exceptions=False)
+    async with (
+        LifespanManager(application),
+        httpx.AsyncClient(transport=transport, base_url="http://gw") as http,
+    ):
+        started = time.monotonic()
+        submitted = await http.post("/v1/jobs", json={"type": "noop"}, headers=A)
+        ready = await http.get("/readyz")
+        events = await http.get("/v1/events", headers=A)
+        assert time.monotonic() - started < 7.5
+        assert submitted.status_code == 503
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["redis"].startswith("unreachable")
+        assert events.status_code == 503
+
+
+async def test_unexpected_exception_is_a_json_500(
+    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*_: Any, **__: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(app.state.gateway.producer, "find", broken)
+    response = await client.get("/v1/jobs/abc", headers=A)
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal", "message": "internal error"}
+
+
+async def test_health_and_metrics(client: httpx.AsyncClient, queue_name: str) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"redis": "ok"}
+    await submit(client, type="sleep")
+    text = (await client.get("/metrics")).text
+    assert 'conveyor_gateway_submits_total{type="sleep"} 1.0' in text
+    assert f'conveyor_queue_length{{queue="{queue_name}"}} 1.0' in text
+    assert "conveyor_gateway_redis_up 1.0" in text
+    assert (await client.get("/docs")).status_code == 200
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    assert {"/v1/jobs", "/v1/jobs/{job_id}/events", "/v1/events", "/readyz"} <= set(paths)
+
+
+def test_producer_submit_request_is_the_documented_body() -> None:
+    # The submit body is the shared contract model, not a copy of it.
+    assert SubmitRequest.model_fields.keys() == {
+        "type",
+        "payload",
+        "queue",
+        "delay_s",
+        "max_attempts",
+        "timeout_s",
+    }
