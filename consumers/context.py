@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from consumers.storage import JobStorage
+    from schemas.models import Artifact
 
 ProgressSink = Callable[[float | None, str | None, str | None], Awaitable[None]]
 
@@ -52,6 +53,11 @@ class JobContext:
         if self._storage is None:
             raise RuntimeError("this worker has no S3 storage configured (CONVEYOR_S3_ENDPOINT)")
         return self._storage
+
+    @property
+    def artifacts(self) -> list[Artifact]:
+        """What this attempt uploaded; recorded on the job when it succeeds."""
+        return list(self._storage.artifacts) if self._storage is not None else []
 
     async def progress(
         self, percent: float | None = None, stage: str | None = None, message: str | None = None

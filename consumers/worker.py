@@ -41,10 +41,12 @@ from arq.connections import ArqRedis
 from arq.worker import Function, Retry, Worker
 
 from consumers import registry
+from consumers.batching import Batcher
 from consumers.context import JobContext
 from producer import Delivery, Lease, Producer
 from schemas.errors import PermanentError
 from schemas.keys import CONSUMER_GROUP, QueueKeys
+from schemas.models import Artifact
 from schemas.settings import Settings
 
 logger = logging.getLogger("conveyor.worker")
@@ -73,7 +75,7 @@ def describe(exc: BaseException) -> str:
 
 
 class Running:
-    """One handler this consumer is running: its lease, its task, and why it was stopped."""
+    """One job this consumer is running: its lease, its task, and why it was stopped."""
 
     def __init__(self, delivery: Delivery) -> None:
         self.delivery = delivery
@@ -139,6 +141,9 @@ class ConveyorWorker(Worker):
         self._stopping = asyncio.Event()
         self._delayed_changed = asyncio.Event()  # a retry was scheduled here: promote sooner
         self._storage: Any = None
+        self._completions: Batcher[tuple[Delivery, Any, list[Artifact]], bool] = Batcher(
+            self.producer.succeed_many
+        )
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -173,6 +178,7 @@ class ConveyorWorker(Worker):
             await asyncio.wait(helpers, timeout=HELPER_STOP_S)
         if self.tasks:
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await self._completions.wait_idle()
 
     async def _startup(self) -> None:
         await self.producer.ensure_group(self.queue)
@@ -225,6 +231,7 @@ class ConveyorWorker(Worker):
         running = Running(delivery)
         self.running[delivery.job_id] = running
         task = asyncio.create_task(self._run(running), name=f"conveyor-job-{delivery.job_id}")
+        running.task = task
         self.tasks[delivery.job_id] = task
 
         def forget(_: asyncio.Task[None]) -> None:
@@ -237,7 +244,9 @@ class ConveyorWorker(Worker):
     # --- one job ---------------------------------------------------------------------------
 
     async def _run(self, running: Running) -> None:
-        """Run one delivery and record its outcome with one fenced script."""
+        """Run one delivery and record its outcome with one fenced script. The handler runs
+        in this task: a cancel request, a lost lease or a shutdown cancels the task, and
+        `running.stop_reason` says which."""
         d = running.delivery
         function = self.functions.get(d.type)
         if not isinstance(function, Function):  # arq keeps cron jobs here too; we run none
@@ -246,28 +255,23 @@ class ConveyorWorker(Worker):
             logger, {"job_id": d.job_id, "type": d.type, "attempt": d.attempt, "queue": d.queue}
         )
         if function is None:
-            await self._fail(
-                d, PermanentError(f"no handler for job type {d.type!r} here"), function
-            )
+            error = PermanentError(f"no handler for job type {d.type!r} here")
+            await self._fail(d, error, function)
             return
         ctx = self._context(running, log)
         timeout_s = d.timeout_s or function.timeout_s or self.job_timeout_s
         started = time.monotonic()
-        log.info("started %s attempt %d", d.type, d.attempt)
+        log.debug("started %s attempt %d", d.type, d.attempt)
         try:
             if self.on_job_start:
                 await self.on_job_start(self.ctx)
-            # arq types ctx as a dict; ours is a JobContext that also answers ctx["name"].
-            running.task = asyncio.create_task(function.coroutine(ctx, **d.payload))  # type: ignore[arg-type]
-            self.job_tasks[d.job_id] = running.task
-            result = await asyncio.wait_for(running.task, timeout_s)
+            async with asyncio.timeout(timeout_s):
+                # arq types ctx as a dict; ours is a JobContext that also answers ctx["name"].
+                result = await function.coroutine(ctx, **d.payload)  # type: ignore[arg-type]
         except asyncio.CancelledError:
             await self._stopped(running, log)
             return
         except TimeoutError:
-            if running.stop_reason is not None:  # cancelled while wait_for was timing out
-                await self._stopped(running, log)
-                return
             await self._fail(d, TimeoutError(f"timed out after {timeout_s:g}s"), function)
             return
         except Exception as exc:
@@ -275,35 +279,33 @@ class ConveyorWorker(Worker):
             await self._fail(d, exc, function)
             return
         finally:
-            self.job_tasks.pop(d.job_id, None)
             if self.on_job_end:
                 await self.on_job_end(self.ctx)
-        artifacts = list(getattr(ctx._storage, "artifacts", []))
-        if await self.producer.succeed(d, result, artifacts):
+        if await self._completions.submit((d, result, ctx.artifacts)):
             self.jobs_complete += 1
-            log.info("succeeded in %.3fs", time.monotonic() - started)
+            log.debug("succeeded in %.3fs", time.monotonic() - started)
         else:
             log.warning("succeeded, but the job was taken over meanwhile: result dropped")
 
     async def _stopped(self, running: Running, log: logging.LoggerAdapter[logging.Logger]) -> None:
-        """The handler's task was cancelled: by a user's request, because the lease was lost,
+        """This job's task was cancelled: by a user's request, because the lease was lost,
         or because this worker is shutting down (then the entry stays pending for another
         consumer to reclaim, and the cancellation propagates)."""
         d = running.delivery
+        if running.stop_reason is None:
+            log.info("shutting down: left pending for another consumer to reclaim")
+            raise asyncio.CancelledError
+        # A cancel we asked for ourselves: clear it, or every later await in this task (the
+        # write below included) would see a cancellation still pending.
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
         if running.stop_reason == "cancelled":
             if await self.producer.cancelled(d, "cancelled by request"):
                 self.jobs_cancelled += 1
                 log.info("cancelled by request")
-            return
-        if running.stop_reason == "lease_lost":
+        else:
             log.warning("lease lost to another consumer; stopped without writing")
-            return
-        if running.task is not None and not running.task.done():
-            running.task.cancel()
-            with contextlib.suppress(BaseException):
-                await running.task
-        log.info("shutting down: left pending for another consumer to reclaim")
-        raise asyncio.CancelledError
 
     async def _fail(self, d: Delivery, exc: BaseException, function: Function | None) -> None:
         retryable = not isinstance(exc, PermanentError)

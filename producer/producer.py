@@ -277,27 +277,35 @@ class Producer:
         return bool(written)
 
     async def succeed(
-        self,
-        delivery: Delivery,
-        result: Any,
-        artifacts: Sequence[Artifact] = (),
+        self, delivery: Delivery, result: Any, artifacts: Sequence[Artifact] = ()
     ) -> bool:
         """Record success. False: the attempt was fenced out (another consumer owns the job)."""
-        k, job_key, job_events_key = self._job_keys(delivery.queue, delivery.job_id)
-        artifact_list = [a.model_dump() for a in artifacts]
-        written = await self.scripts.run(
-            "succeed",
-            keys=[k.jobs, k.events, job_key, job_events_key],
-            args=[
-                *self._config,
-                delivery.entry_id,
-                delivery.attempt,
-                dumps(result),
-                dumps(artifact_list),
-                dumps({"result": result, "artifacts": artifact_list}),
-            ],
-        )
-        return bool(written)
+        (written,) = await self.succeed_many([(delivery, result, artifacts)])
+        return written
+
+    async def succeed_many(
+        self, outcomes: Sequence[tuple[Delivery, Any, Sequence[Artifact]]]
+    ) -> list[bool]:
+        """`succeed` for many jobs in one round trip (a worker's completions, batched)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for delivery, result, artifacts in outcomes:
+                k, job_key, job_events_key = self._job_keys(delivery.queue, delivery.job_id)
+                artifact_list = [a.model_dump() for a in artifacts]
+                await self.scripts.run(
+                    "succeed",
+                    keys=[k.jobs, k.events, job_key, job_events_key],
+                    args=[
+                        *self._config,
+                        delivery.entry_id,
+                        delivery.attempt,
+                        dumps(result),
+                        dumps(artifact_list),
+                        dumps({"result": result, "artifacts": artifact_list}),
+                    ],
+                    client=pipe,
+                )
+            written = await pipe.execute()
+        return [bool(w) for w in written]
 
     async def fail(
         self,
