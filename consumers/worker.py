@@ -35,10 +35,12 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from arq.connections import ArqRedis
 from arq.worker import Function, Retry, Worker
+from redis.exceptions import BusyLoadingError, ConnectionError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from consumers import registry
 from consumers.batching import Batcher
@@ -50,9 +52,11 @@ from schemas.models import Artifact
 from schemas.settings import Settings
 
 logger = logging.getLogger("conveyor.worker")
+T = TypeVar("T")
 
 CANCEL_POLL_S = 0.5  # a cancel request reaches a running handler within this (plus a trip)
 HELPER_STOP_S = 2.0
+REDIS_RETRY_S = 0.5
 MAX_ERROR_CHARS = 2000
 
 
@@ -163,11 +167,14 @@ class ConveyorWorker(Worker):
                     self._slot_free.clear()
                     await self._slot_free.wait()
                     continue
-                entries = await self._fetch(free)
-                for delivery in await self.producer.start(self.queue, entries, self.consumer):
-                    self._spawn(delivery)
-                if self.burst and not entries and await self._drained():
-                    break
+                try:
+                    entries = await self._fetch(free)
+                    for delivery in await self.producer.start(self.queue, entries, self.consumer):
+                        self._spawn(delivery)
+                    if self.burst and not entries and await self._drained():
+                        break
+                except RedisError as exc:
+                    await self._redis_unavailable(exc)
         finally:
             # The helpers stop on the flag; cancelling alone is not enough, since a cancel
             # that lands inside a redis-py call can be swallowed (seen with redis-py 5.3).
@@ -179,6 +186,18 @@ class ConveyorWorker(Worker):
         if self.tasks:
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         await self._completions.wait_idle()
+
+    async def _redis_unavailable(self, exc: RedisError) -> None:
+        """Redis restarted, failed over or is loading: wait and go on. Entries read but not
+        started stay pending and are reclaimed; a group lost with a non-persistent Redis
+        is created again."""
+        if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+            logger.warning("consumer group missing (Redis lost its data?): creating it again")
+            with contextlib.suppress(RedisError):
+                await self.producer.ensure_group(self.queue)
+            return
+        logger.warning("Redis unavailable (%s); retrying in %.1fs", describe(exc), REDIS_RETRY_S)
+        await self._pause(REDIS_RETRY_S)
 
     async def _startup(self) -> None:
         await self.producer.ensure_group(self.queue)
@@ -281,7 +300,7 @@ class ConveyorWorker(Worker):
         finally:
             if self.on_job_end:
                 await self.on_job_end(self.ctx)
-        if await self._completions.submit((d, result, ctx.artifacts)):
+        if await self._persist(lambda: self._completions.submit((d, result, ctx.artifacts))):
             self.jobs_complete += 1
             log.debug("succeeded in %.3fs", time.monotonic() - started)
         else:
@@ -301,7 +320,7 @@ class ConveyorWorker(Worker):
         if task is not None:
             task.uncancel()
         if running.stop_reason == "cancelled":
-            if await self.producer.cancelled(d, "cancelled by request"):
+            if await self._persist(lambda: self.producer.cancelled(d, "cancelled by request")):
                 self.jobs_cancelled += 1
                 log.info("cancelled by request")
         else:
@@ -316,18 +335,34 @@ class ConveyorWorker(Worker):
                 d.attempt, self.settings.backoff_base_s, self.settings.backoff_max_s
             )
         max_tries = (function.max_tries if function else None) or self.max_tries
-        outcome = await self.producer.fail(
-            d,
-            describe(exc),
-            retryable=retryable,
-            backoff_ms=delay_ms,
-            default_max_attempts=max_tries,
+        outcome = await self._persist(
+            lambda: self.producer.fail(
+                d,
+                describe(exc),
+                retryable=retryable,
+                backoff_ms=delay_ms,
+                default_max_attempts=max_tries,
+            )
         )
         if outcome == "retrying":
             self.jobs_retried += 1
             self._delayed_changed.set()
         elif outcome == "failed":
             self.jobs_failed += 1
+
+    async def _persist(self, write: Callable[[], Awaitable[T]]) -> T:
+        """Make a job's final write survive a Redis restart or failover: retry on connection
+        errors for up to a visibility timeout. Past that another consumer may own the job,
+        and the fenced script would refuse the write anyway."""
+        deadline = time.monotonic() + self.settings.visibility_timeout_s
+        while True:
+            try:
+                return await write()
+            except (ConnectionError, RedisTimeoutError, BusyLoadingError) as exc:
+                if time.monotonic() > deadline:
+                    raise
+                logger.warning("final write failed (%s); retrying", describe(exc))
+                await asyncio.sleep(REDIS_RETRY_S)
 
     def _context(self, running: Running, log: logging.LoggerAdapter[logging.Logger]) -> JobContext:
         d = running.delivery
