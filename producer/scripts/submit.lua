@@ -30,6 +30,8 @@ redis.call('HSET', KEYS[3],
   'created_at', tostring(now), 'updated_at', tostring(now),
   'idem_key', (ARGV[14] == '1') and KEYS[6] or '')
 redis.call('ZADD', KEYS[7], now, job_id)
+-- The index outlives no job: ids older than the retention have expired hashes.
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - RETENTION_S * 1000)
 
 if status == 'scheduled' then
   local due = now + delay_ms

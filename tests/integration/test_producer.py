@@ -4,14 +4,14 @@ every refused one is refused by Redis, and each write lands in hash, events and 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import pytest
 import redis.asyncio as aioredis
 
-from producer import Producer
-from producer import Lease
+from producer import Lease, Producer
 from producer.scripts import library_source
-from schemas import TRANSITIONS, JobStatus, SubmitRequest
+from schemas import TRANSITIONS, JobStatus, Settings, SubmitRequest
 from schemas.errors import JobNotFound, TransitionRefused
 from tests.integration.conftest import Driver
 
@@ -270,3 +270,13 @@ async def test_poison_entry_is_dead_lettered_with_reason(
     keys = producer.keys(driver.queue)
     assert await driver.redis.xlen(keys.jobs) == 0
     assert await driver.redis.xlen(keys.dead) == 1
+
+
+async def test_tenant_index_drops_ids_past_retention(
+    settings_factory: Callable[..., Settings], redis: aioredis.Redis, queue_name: str
+) -> None:
+    producer = Producer(redis, settings_factory(job_retention_s=60))
+    index = producer.keys(queue_name).tenant_jobs("t")
+    await redis.zadd(index, {"ancient": 1})  # a job whose hash expired long ago
+    submitted = await producer.submit(SubmitRequest(type="noop", queue=queue_name), tenant="t")
+    assert await redis.zrange(index, 0, -1) == [submitted.job_id]
