@@ -1,0 +1,316 @@
+"""`ingest_url`: a URL's body streamed into S3, and the SSRF guard in front of it.
+
+Every request goes to a server on 127.0.0.1 started here; refused targets are refused before
+any packet leaves (the server's request log shows it), and non-loopback addresses are only
+ever given to the classifier, never connected to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from consumers.handlers.ingest import (
+    IngestError,
+    IngestRefused,
+    _GuardedBackend,
+    blocked_reason,
+    ingest_url,
+)
+from consumers.storage import MIN_PART_SIZE, JobStorage, Storage
+from conveyor.process import free_port
+from schemas.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+BLOCK = bytes(range(256)) * 256  # 64 KiB
+
+
+def body_of(size: int) -> bytes:
+    return (BLOCK * (size // len(BLOCK) + 1))[:size]
+
+
+class Origin(ThreadingHTTPServer):
+    daemon_threads = True
+    block_allow_reuse_address = False
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.paths: list[str] = []
+        self.release = threading.Event()  # lets /stall finish
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """/bytes/N (Content-Length), /stream/N (no length: ends at close), /status/C,
+    /redirect?to=URL, /stall/N (N bytes, then waits for the test to release it)."""
+
+    server: Origin
+
+    def do_GET(self) -> None:
+        self.server.paths.append(self.path)
+        url = urlsplit(self.path)
+        kind, _, arg = url.path.strip("/").partition("/")
+        if kind == "bytes":
+            self._send(body_of(int(arg)), length=True)
+        elif kind == "stream":
+            self._send(body_of(int(arg)), length=False)
+        elif kind == "status":
+            self.send_response(int(arg))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif kind == "redirect":
+            self.send_response(302)
+            self.send_header("Location", parse_qs(url.query)["to"][0])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif kind == "stall":
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body_of(int(arg)))
+            self.wfile.flush()
+            self.server.release.wait(30)
+        else:
+            self.send_error(404)
+
+    def _send(self, data: bytes, *, length: bool) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-test")
+        if length:
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        for start in range(0, len(data), len(BLOCK)):
+            self.wfile.write(data[start : start + len(BLOCK)])
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def origin() -> Iterator[Origin]:
+    server = Origin()
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@dataclass
+class FakeCtx:
+    """What `ingest_url` uses of a JobContext; records progress instead of sending it."""
+
+    storage: JobStorage
+    settings: Settings
+    job_id: str = "job"
+    attempt: int = 1
+    progress_calls: list[tuple[float | None, str | None]] = field(default_factory=list)
+    on_progress: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def progress(
+        self, percent: float | None = None, stage: str | None = None, message: str | None = None
+    ) -> None:
+        self.progress_calls.append((percent, stage))
+        self.on_progress.set()
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.settings if name == "settings" else default
+
+    def __getitem__(self, name: str) -> Any:
+        return self.get(name)
+
+
+def make_settings(allowed: list[str] | None = None, **overrides: Any) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        ingest_allowed_hosts=allowed or [],
+        ingest_max_bytes=overrides.pop("ingest_max_bytes", 64 * 1024 * 1024),
+        ingest_connect_timeout_s=5,
+        ingest_read_timeout_s=10,
+        **overrides,
+    )
+
+
+@pytest.fixture
+def make_ctx(storage: Storage, s3_queue: str) -> Any:
+    def make(allowed: list[str] | None = None, **overrides: Any) -> FakeCtx:
+        return FakeCtx(JobStorage(storage, s3_queue, "job"), make_settings(allowed, **overrides))
+
+    return make
+
+
+async def test_ingests_a_body_with_progress(
+    make_ctx: Any, origin: Origin, storage: Storage
+) -> None:
+    size = MIN_PART_SIZE * 2 + 12345
+    ctx = make_ctx(["127.0.0.1"])
+    result = await ingest_url(ctx, f"{origin.base}/bytes/{size}", name="clip.bin")
+
+    assert result["artifact"] == "clip.bin"
+    assert result["size"] == size
+    assert result["sha256"] == hashlib.sha256(body_of(size)).hexdigest()
+    [artifact] = ctx.storage.artifacts
+    assert artifact.content_type == "application/x-test"
+    percents = [p for p, stage in ctx.progress_calls if stage == "downloading"]
+    assert len(percents) == len(ctx.progress_calls) > 3
+    assert percents == sorted(percents) and percents[-1] == 100
+    assert any(p is not None and 0 < p < 100 for p in percents)
+
+
+async def test_unknown_length_reports_bytes_without_percent(make_ctx: Any, origin: Origin) -> None:
+    ctx = make_ctx(["127.0.0.1"])
+    result = await ingest_url(ctx, f"{origin.base}/stream/300000")
+    assert result["size"] == 300000
+    assert result["artifact"] == "300000"  # the URL's last path segment
+    middle = ctx.progress_calls[1:-1]
+    assert middle and all(p is None for p, _ in middle)
+
+
+async def test_redirect_within_allowed_host_is_followed(make_ctx: Any, origin: Origin) -> None:
+    ctx = make_ctx(["127.0.0.1"])
+    result = await ingest_url(ctx, f"{origin.base}/redirect?to=/bytes/1000", name="r")
+    assert result["size"] == 1000
+    assert origin.paths == ["/redirect?to=/bytes/1000", "/bytes/1000"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]", "localhost", "127.1", "0.0.0.0"])
+async def test_loopback_refused_by_default(make_ctx: Any, origin: Origin, host: str) -> None:
+    port = origin.server_address[1]
+    with pytest.raises(IngestRefused, match="refusing to fetch"):
+        await ingest_url(make_ctx(), f"http://{host}:{port}/bytes/10")
+    assert origin.paths == []  # refused before connecting
+
+
+@pytest.mark.parametrize("target", ["http://localhost:{port}/bytes/10", "http://[::1]:{port}/"])
+async def test_redirect_to_loopback_refused(make_ctx: Any, origin: Origin, target: str) -> None:
+    to = target.format(port=origin.server_address[1])
+    with pytest.raises(IngestRefused, match="loopback"):
+        await ingest_url(make_ctx(["127.0.0.1"]), f"{origin.base}/redirect?to={to}")
+    assert origin.paths == [f"/redirect?to={to}"]  # the second hop never left
+
+
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "ftp://127.0.0.1/x", "gopher://127.0.0.1/", "not a url"]
+)
+async def test_other_schemes_refused(make_ctx: Any, url: str) -> None:
+    with pytest.raises(IngestRefused):
+        await ingest_url(make_ctx(["127.0.0.1"]), url)
+
+
+async def test_redirect_to_file_scheme_refused(make_ctx: Any, origin: Origin) -> None:
+    with pytest.raises(IngestRefused, match="only http and https"):
+        await ingest_url(make_ctx(["127.0.0.1"]), f"{origin.base}/redirect?to=file:///etc/passwd")
+
+
+async def test_resolved_address_is_what_is_checked() -> None:
+    """A public-looking name that resolves to loopback (DNS rebinding) is refused."""
+
+    class Rebinding(_GuardedBackend):
+        async def _resolve(self, host: str, port: int, limit_s: float | None) -> list[Any]:
+            return [ipaddress.ip_address("127.0.0.1")]
+
+    with pytest.raises(IngestRefused, match=r"example\.com"):
+        await Rebinding([]).connect_tcp("example.com", 80, timeout=1)
+
+
+async def test_content_length_over_limit_refused_before_upload(
+    make_ctx: Any, origin: Origin, storage: Storage, s3_queue: str
+) -> None:
+    ctx = make_ctx(["127.0.0.1"])
+    with pytest.raises(IngestRefused, match="over the limit"):
+        await ingest_url(ctx, f"{origin.base}/bytes/5000", max_bytes=4999)
+    assert ctx.storage.artifacts == []
+
+
+async def test_streamed_body_over_limit_refused_and_upload_aborted(
+    make_ctx: Any, origin: Origin, storage: Storage, s3_queue: str
+) -> None:
+    ctx = make_ctx(["127.0.0.1"], ingest_max_bytes=MIN_PART_SIZE + 100_000)
+    with pytest.raises(IngestRefused, match="more than the limit"):
+        await ingest_url(ctx, f"{origin.base}/stream/{2 * MIN_PART_SIZE}")
+    assert ctx.storage.artifacts == []
+    assert await storage.list_open_uploads(f"{s3_queue}/") == []
+
+
+@pytest.mark.parametrize(
+    "status,error",
+    [(404, IngestRefused), (403, IngestRefused), (503, IngestError), (429, IngestError)],
+)
+async def test_non_2xx_fails_with_the_status(
+    make_ctx: Any, origin: Origin, status: int, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match=f"HTTP {status}"):
+        await ingest_url(make_ctx(["127.0.0.1"]), f"{origin.base}/status/{status}")
+
+
+async def test_connection_refused_is_retryable(make_ctx: Any) -> None:
+    port = free_port()  # nothing listens there
+    with pytest.raises(IngestError, match="ConnectError"):
+        await ingest_url(make_ctx(["127.0.0.1"]), f"http://127.0.0.1:{port}/bytes/1")
+
+
+async def test_cancel_mid_download_aborts_the_upload(
+    make_ctx: Any, origin: Origin, storage: Storage, s3_queue: str
+) -> None:
+    ctx = make_ctx(["127.0.0.1"])
+    sent = MIN_PART_SIZE + 200_000  # more than a part: the multipart upload is open
+    task = asyncio.create_task(ingest_url(ctx, f"{origin.base}/stall/{sent}", name="s"))
+    async with asyncio.timeout(20):
+        while True:  # each progress report is a chance that the upload has been opened
+            ctx.on_progress.clear()
+            if await storage.list_open_uploads(f"{s3_queue}/"):
+                break
+            await ctx.on_progress.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert await storage.list_open_uploads(f"{s3_queue}/") == []
+
+
+@pytest.mark.parametrize(
+    "address,reason",
+    [
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("10.1.2.3", "private"),
+        ("172.16.0.1", "private"),
+        ("192.168.1.1", "private"),
+        ("fd12:3456::1", "private"),
+        ("169.254.169.254", "cloud metadata"),
+        ("fd00:ec2::254", "cloud metadata"),
+        ("169.254.1.1", "link-local"),
+        ("fe80::1", "link-local"),
+        ("224.0.0.1", "multicast"),
+        ("ff02::1", "multicast"),
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("240.0.0.1", "reserved"),
+        ("100.64.0.1", "not globally routable"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("::ffff:169.254.169.254", "cloud metadata"),
+        ("2002:7f00:1::", "loopback"),  # 6to4 wrapping 127.0.0.1
+    ],
+)
+def test_classifier_blocks(address: str, reason: str) -> None:
+    assert blocked_reason(ipaddress.ip_address(address)) == reason
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "2606:4700::1111"])
+def test_classifier_allows_public(address: str) -> None:
+    assert blocked_reason(ipaddress.ip_address(address)) is None
