@@ -79,6 +79,14 @@ _TRANSIENT_CODES = frozenset(
 _HASHING = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conveyor-sha256")
 
 
+def _host_and_tls(endpoint: str, secure: bool) -> tuple[str, bool]:
+    """Accept `host:port` or a URL (`http://minio:9000`), as minio wants a bare host."""
+    if "://" in endpoint:
+        url = urlsplit(endpoint)
+        return url.netloc, url.scheme == "https"
+    return endpoint, secure
+
+
 class StorageError(RetryableError):
     """S3 failed (or stayed down through the retries): the attempt fails, the job may retry."""
 
@@ -201,10 +209,9 @@ class Storage:
         tries: int = 4,
         backoff_s: float = 0.25,
         parallel_parts: int = 2,
+        public_endpoint: str | None = None,
     ) -> None:
-        if "://" in endpoint:  # accept a URL too: "http://minio:9000"
-            url = urlsplit(endpoint)
-            endpoint, secure = url.netloc, url.scheme == "https"
+        endpoint, secure = _host_and_tls(endpoint, secure)
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part size {part_size} is under S3's minimum of {MIN_PART_SIZE}")
         self.bucket = bucket
@@ -228,6 +235,18 @@ class Storage:
             region=region,
             http_client=self._http,
         )
+        # Presigned URLs sign the host, so a browser-facing host needs a client of its own.
+        self._presigner = self._client
+        if public_endpoint:
+            public_host, public_tls = _host_and_tls(public_endpoint, secure)
+            self._presigner = Minio(
+                public_host,
+                access_key=access_key,
+                secret_key=secret_key,
+                secure=public_tls,
+                region=region,
+                http_client=self._http,
+            )
         self._unaborted: set[OpenUpload] = set()
 
     @classmethod
@@ -243,6 +262,7 @@ class Storage:
             region=settings.s3_region,
             part_size=settings.s3_part_size,
             parallel_parts=settings.s3_parallel_parts,
+            public_endpoint=settings.s3_public_endpoint,
         )
 
     def close(self) -> None:
@@ -289,7 +309,7 @@ class Storage:
         return len(uploads)
 
     def presigned_get_url(self, key: str, expires_s: int) -> str:
-        return self._client.presigned_get_object(
+        return self._presigner.presigned_get_object(
             self.bucket, key, expires=timedelta(seconds=expires_s)
         )
 

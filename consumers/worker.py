@@ -499,6 +499,8 @@ class ConveyorWorker(Worker):
             await self.on_shutdown(self.ctx)
         await self.pool.aclose()
         self._pool = None
+        if self._storage is not None:
+            self._storage.close()
 
     def __repr__(self) -> str:
         return (

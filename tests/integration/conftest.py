@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
+from consumers.worker import ConveyorWorker
 from producer import Delivery, Producer
 from schemas import CONSUMER_GROUP, JobStatus, Settings, SubmitRequest
 
@@ -82,7 +84,18 @@ async def driver(
     yield Driver(producer, redis, queue_name)
 
 
-WaitFor = Callable[[Callable[[], Awaitable[bool]], float], Awaitable[None]]
+@contextlib.asynccontextmanager
+async def running(worker: ConveyorWorker) -> AsyncIterator[ConveyorWorker]:
+    """A worker in a background task, stopped (and closed) when the block ends."""
+    task = asyncio.create_task(worker.async_run())
+    try:
+        yield worker
+    finally:
+        worker.allow_pick_jobs = False
+        worker.handle_sig(2)  # what SIGINT does: cancel tasks and main
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()
 
 
 async def wait_for_terminal(

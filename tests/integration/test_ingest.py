@@ -10,12 +10,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -29,87 +25,9 @@ from consumers.handlers.ingest import (
 from consumers.storage import MIN_PART_SIZE, JobStorage, Storage
 from conveyor.process import free_port
 from schemas.settings import Settings
+from tests.fixtures.origin import Origin, body_of
 
 pytestmark = pytest.mark.integration
-
-BLOCK = bytes(range(256)) * 256  # 64 KiB
-
-
-def body_of(size: int) -> bytes:
-    return (BLOCK * (size // len(BLOCK) + 1))[:size]
-
-
-class Origin(ThreadingHTTPServer):
-    daemon_threads = True
-    block_allow_reuse_address = False
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.paths: list[str] = []
-        self.release = threading.Event()  # lets /stall finish
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """/bytes/N (Content-Length), /stream/N (no length: ends at close), /status/C,
-    /redirect?to=URL, /stall/N (N bytes, then waits for the test to release it)."""
-
-    server: Origin
-
-    def do_GET(self) -> None:
-        self.server.paths.append(self.path)
-        url = urlsplit(self.path)
-        kind, _, arg = url.path.strip("/").partition("/")
-        if kind == "bytes":
-            self._send(body_of(int(arg)), length=True)
-        elif kind == "stream":
-            self._send(body_of(int(arg)), length=False)
-        elif kind == "status":
-            self.send_response(int(arg))
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-        elif kind == "redirect":
-            self.send_response(302)
-            self.send_header("Location", parse_qs(url.query)["to"][0])
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-        elif kind == "stall":
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(body_of(int(arg)))
-            self.wfile.flush()
-            self.server.release.wait(30)
-        else:
-            self.send_error(404)
-
-    def _send(self, data: bytes, *, length: bool) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-test")
-        if length:
-            self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        for start in range(0, len(data), len(BLOCK)):
-            self.wfile.write(data[start : start + len(BLOCK)])
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def origin() -> Iterator[Origin]:
-    server = Origin()
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 @dataclass

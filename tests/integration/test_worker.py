@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import redis.asyncio as aioredis
 from consumers.worker import ConveyorWorker, backoff_ms, connect
 from producer import Producer
 from schemas import JobStatus, Settings
-from tests.integration.conftest import Driver, wait_for_event, wait_for_terminal
+from tests.integration.conftest import Driver, running, wait_for_event, wait_for_terminal
 
 S = JobStatus
 
@@ -31,20 +30,6 @@ def make_worker(settings: Settings, queue_name: str) -> Callable[..., ConveyorWo
         )
 
     return make
-
-
-@contextlib.asynccontextmanager
-async def running(worker: ConveyorWorker) -> AsyncIterator[ConveyorWorker]:
-    """A worker in a background task, stopped (and closed) when the block ends."""
-    task = asyncio.create_task(worker.async_run())
-    try:
-        yield worker
-    finally:
-        worker.allow_pick_jobs = False
-        worker.handle_sig(2)  # what SIGINT does: cancel tasks and main
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await worker.close()
 
 
 async def test_burst_runs_every_job_to_exactly_one_terminal_state(
