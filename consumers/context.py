@@ -46,7 +46,9 @@ class JobContext:
         self._last_report = 0.0
         self._last_stage: str | None = None
         self.cancel_requested = False
-        self.stage_started: dict[str, float] = {}
+        self._started = time.monotonic()
+        self._stage_since = self._started
+        self._stage_seconds: dict[str, float] = {}
 
     @property
     def storage(self) -> JobStorage:
@@ -66,14 +68,27 @@ class JobContext:
         stage and 100% are always sent, other updates at most every `progress_interval_s`."""
         now = time.monotonic()
         stage_changed = stage is not None and stage != self._last_stage
-        if stage_changed and stage is not None:
-            self.stage_started.setdefault(stage, now)
+        if stage_changed:
+            self._close_stage(now)
             self._last_stage = stage
         final = percent is not None and percent >= 100
         if not (stage_changed or final) and now - self._last_report < self._min_interval:
             return
         self._last_report = now
         await self._report_progress(percent, stage, message)
+
+    def _close_stage(self, now: float) -> None:
+        name = self._last_stage or "running"
+        self._stage_seconds[name] = self._stage_seconds.get(name, 0.0) + now - self._stage_since
+        self._stage_since = now
+
+    def timings(self) -> tuple[float, dict[str, float]]:
+        """(seconds since the attempt started, seconds per reported stage) for the log record
+        of its completion. Time before the first stage counts as `running`."""
+        now = time.monotonic()
+        self._close_stage(now)
+        stages = {name: round(seconds, 3) for name, seconds in self._stage_seconds.items()}
+        return round(now - self._started, 3), stages
 
     def __getitem__(self, name: str) -> Any:
         return self._worker_ctx[name]

@@ -42,10 +42,12 @@ from arq.worker import Function, Retry, Worker
 from redis.exceptions import BusyLoadingError, ConnectionError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from consumers import registry
+from consumers import metrics, registry
 from consumers.batching import Batcher
 from consumers.context import JobContext
+from consumers.hooks import FAILURE_GROUP, failure_hook
 from producer import Delivery, Lease, Producer
+from producer.connection import redis_from_url
 from schemas.errors import PermanentError
 from schemas.keys import CONSUMER_GROUP, QueueKeys
 from schemas.models import Artifact
@@ -58,6 +60,17 @@ CANCEL_POLL_S = 0.5  # a cancel request reaches a running handler within this (p
 HELPER_STOP_S = 2.0
 REDIS_RETRY_S = 0.5
 MAX_ERROR_CHARS = 2000
+
+
+def logger_for(d: Delivery) -> JobLog:
+    return JobLog(
+        logger, {"job_id": d.job_id, "type": d.type, "attempt": d.attempt, "queue": d.queue}
+    )
+
+
+def entry_time_s(entry_id: str) -> float:
+    """A stream entry id starts with the ms time Redis added it: the job's enqueue time."""
+    return int(entry_id.partition("-")[0]) / 1000
 
 
 def consumer_name() -> str:
@@ -76,6 +89,15 @@ def backoff_ms(attempt: int, base_s: float, cap_s: float) -> int:
 def describe(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return text[:MAX_ERROR_CHARS]
+
+
+class JobLog(logging.LoggerAdapter[logging.Logger]):
+    """Binds a job's identity to every record, and (unlike the stdlib adapter before 3.13)
+    keeps the fields a call adds, such as a completion's `stages`."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
 
 
 class Running:
@@ -158,7 +180,14 @@ class ConveyorWorker(Worker):
         await self._startup()
         helpers = [
             asyncio.create_task(loop())
-            for loop in (self._renew_leases, self._reclaim, self._promote, self._watch_cancels)
+            for loop in (
+                self._renew_leases,
+                self._reclaim,
+                self._promote,
+                self._watch_cancels,
+                self._compensate,
+                self._forget_gone_consumers,
+            )
         ]
         try:
             while self.allow_pick_jobs:
@@ -270,16 +299,15 @@ class ConveyorWorker(Worker):
         function = self.functions.get(d.type)
         if not isinstance(function, Function):  # arq keeps cron jobs here too; we run none
             function = None
-        log = logging.LoggerAdapter(
-            logger, {"job_id": d.job_id, "type": d.type, "attempt": d.attempt, "queue": d.queue}
-        )
+        log = logger_for(d)
         if function is None:
             error = PermanentError(f"no handler for job type {d.type!r} here")
             await self._fail(d, error, function)
             return
         ctx = self._context(running, log)
         timeout_s = d.timeout_s or function.timeout_s or self.job_timeout_s
-        started = time.monotonic()
+        metrics.JOBS.labels(d.queue, d.type, "started").inc()
+        metrics.PICKUP.labels(d.queue).observe(max(0.0, time.time() - entry_time_s(d.entry_id)))
         log.debug("started %s attempt %d", d.type, d.attempt)
         try:
             if self.on_job_start:
@@ -291,22 +319,26 @@ class ConveyorWorker(Worker):
             await self._stopped(running, log)
             return
         except TimeoutError:
-            await self._fail(d, TimeoutError(f"timed out after {timeout_s:g}s"), function)
+            await self._fail(d, TimeoutError(f"timed out after {timeout_s:g}s"), function, ctx)
             return
         except Exception as exc:
-            log.info("attempt %d failed: %s", d.attempt, describe(exc))
-            await self._fail(d, exc, function)
+            await self._fail(d, exc, function, ctx)
             return
         finally:
             if self.on_job_end:
                 await self.on_job_end(self.ctx)
+        duration_s, stages = ctx.timings()
+        metrics.DURATION.labels(d.queue, d.type).observe(duration_s)
+        for artifact in ctx.artifacts:
+            metrics.UPLOAD_BYTES.labels(d.queue, d.type).inc(artifact.size)
         if await self._persist(lambda: self._completions.submit((d, result, ctx.artifacts))):
             self.jobs_complete += 1
-            log.debug("succeeded in %.3fs", time.monotonic() - started)
+            metrics.JOBS.labels(d.queue, d.type, "succeeded").inc()
+            log.info("succeeded", extra={"duration_s": duration_s, "stages": stages})
         else:
             log.warning("succeeded, but the job was taken over meanwhile: result dropped")
 
-    async def _stopped(self, running: Running, log: logging.LoggerAdapter[logging.Logger]) -> None:
+    async def _stopped(self, running: Running, log: JobLog) -> None:
         """This job's task was cancelled: by a user's request, because the lease was lost,
         or because this worker is shutting down (then the entry stays pending for another
         consumer to reclaim, and the cancellation propagates)."""
@@ -322,11 +354,18 @@ class ConveyorWorker(Worker):
         if running.stop_reason == "cancelled":
             if await self._persist(lambda: self.producer.cancelled(d, "cancelled by request")):
                 self.jobs_cancelled += 1
+                metrics.JOBS.labels(d.queue, d.type, "cancelled").inc()
                 log.info("cancelled by request")
         else:
             log.warning("lease lost to another consumer; stopped without writing")
 
-    async def _fail(self, d: Delivery, exc: BaseException, function: Function | None) -> None:
+    async def _fail(
+        self,
+        d: Delivery,
+        exc: BaseException,
+        function: Function | None,
+        ctx: JobContext | None = None,
+    ) -> None:
         retryable = not isinstance(exc, PermanentError)
         if isinstance(exc, Retry) and exc.defer_score is not None:
             delay_ms = int(exc.defer_score)
@@ -344,11 +383,18 @@ class ConveyorWorker(Worker):
                 default_max_attempts=max_tries,
             )
         )
+        duration_s, stages = ctx.timings() if ctx else (0.0, {})
+        record = {"error": describe(exc), "duration_s": duration_s, "stages": stages}
         if outcome == "retrying":
             self.jobs_retried += 1
             self._delayed_changed.set()
+            metrics.JOBS.labels(d.queue, d.type, "retried").inc()
+            logger_for(d).info("failed, will retry in %.1fs", delay_ms / 1000, extra=record)
         elif outcome == "failed":
             self.jobs_failed += 1
+            metrics.JOBS.labels(d.queue, d.type, "failed").inc()
+            metrics.DEAD_LETTERED.labels(d.queue, "handler_error").inc()
+            logger_for(d).warning("failed and dead-lettered", extra=record)
 
     async def _persist(self, write: Callable[[], Awaitable[T]]) -> T:
         """Make a job's final write survive a Redis restart or failover: retry on connection
@@ -364,7 +410,7 @@ class ConveyorWorker(Worker):
                 logger.warning("final write failed (%s); retrying", describe(exc))
                 await asyncio.sleep(REDIS_RETRY_S)
 
-    def _context(self, running: Running, log: logging.LoggerAdapter[logging.Logger]) -> JobContext:
+    def _context(self, running: Running, log: JobLog) -> JobContext:
         d = running.delivery
 
         async def report(percent: float | None, stage: str | None, message: str | None) -> None:
@@ -446,8 +492,10 @@ class ConveyorWorker(Worker):
                 count=free,
             )
             self.dead_lettered += len(report.dead)
+            metrics.DEAD_LETTERED.labels(self.queue, "poison").inc(len(report.dead))
             for delivery in report.deliveries:
                 self.reclaimed += 1
+                metrics.RECLAIMED.labels(self.queue).inc()
                 logger.warning("reclaimed job %s (attempt %d)", delivery.job_id, delivery.attempt)
                 self._spawn(delivery)
 
@@ -471,6 +519,85 @@ class ConveyorWorker(Worker):
                 wait_s = min(1.0, max(0.01, next_due_ms / 1000 - time.time()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._delayed_changed.wait(), wait_s)
+
+    async def _compensate(self) -> None:
+        """Run `on_failure` hooks for this queue's failed jobs (see consumers/hooks.py)."""
+        if not any(failure_hook(f.coroutine) for f in self._functions()):
+            return
+        await self._ensure_group(self.keys.dead, FAILURE_GROUP)
+
+        async def step() -> None:
+            # New entries first, then ones a dead consumer left unacknowledged.
+            reply = await self.pool.xreadgroup(
+                FAILURE_GROUP, self.consumer, {self.keys.dead: ">"}, count=16, block=1000
+            )
+            rows = [row for _, stream_rows in reply or () for row in stream_rows]
+            if not rows:
+                _, rows, _ = await self.pool.xautoclaim(
+                    self.keys.dead,
+                    FAILURE_GROUP,
+                    self.consumer,
+                    int(self.settings.visibility_timeout_s * 1000),
+                    count=16,
+                )
+            for entry_id, fields in rows:
+                if fields:  # None: trimmed while pending
+                    await self._run_failure_hook(fields)
+                await self.pool.xack(self.keys.dead, FAILURE_GROUP, entry_id)
+
+        await self._every(0.1, step)  # paced by the 1 s XREADGROUP block when idle
+
+    async def _run_failure_hook(self, fields: dict[str, str]) -> None:
+        function = self.functions.get(fields.get("type", ""))
+        hook = failure_hook(function.coroutine) if isinstance(function, Function) else None
+        job = await self.producer.get(self.queue, fields["job_id"])
+        if hook is None or job is None:
+            return
+        try:
+            await hook(self.ctx, job)
+        except Exception:
+            # Acknowledged anyway: a hook that raises would raise again; the error is logged
+            # with the job's identity for a person to follow up.
+            logger.exception("on_failure hook for job %s raised", job.id, extra={"job_id": job.id})
+
+    async def _forget_gone_consumers(self) -> None:
+        """Remove consumers not seen for `consumer_idle_cleanup_s` that hold nothing, so
+        `XINFO CONSUMERS` stays truthful. A live one removed by mistake (it could not be:
+        every fetch marks it seen) would be recreated by its next XREADGROUP."""
+
+        async def step() -> None:
+            seen = await self.pool.hgetall(self.keys.consumer_seen())  # type: ignore[misc]
+            cutoff_ms = (time.time() - self.settings.consumer_idle_cleanup_s) * 1000
+            for group in (CONSUMER_GROUP, FAILURE_GROUP):
+                try:
+                    consumers = await self.pool.xinfo_consumers(
+                        self.keys.jobs if group == CONSUMER_GROUP else self.keys.dead, group
+                    )
+                except ResponseError:  # no such group (yet)
+                    continue
+                for consumer in consumers:
+                    name = consumer["name"]
+                    if name == self.consumer or consumer["pending"]:
+                        continue
+                    if int(seen.get(name, 0)) < cutoff_ms:
+                        stream = self.keys.jobs if group == CONSUMER_GROUP else self.keys.dead
+                        async with self.pool.pipeline(transaction=True) as tx:
+                            tx.xgroup_delconsumer(stream, group, name)
+                            tx.hdel(self.keys.consumer_seen(), name)
+                            await tx.execute()
+                        logger.info("removed consumer %s from %s (gone)", name, group)
+
+        await self._every(min(60.0, self.settings.consumer_idle_cleanup_s), step)
+
+    def _functions(self) -> list[Function]:
+        return [f for f in self.functions.values() if isinstance(f, Function)]
+
+    async def _ensure_group(self, stream: str, group: str) -> None:
+        try:
+            await self.pool.xgroup_create(stream, group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
 
     # --- arq hooks ---------------------------------------------------------------------------
 
@@ -532,9 +659,10 @@ def connect(settings: Settings, block_ms: int | None = None) -> ArqRedis:
             "CONVEYOR_REDIS_URL is not set (`conveyor run` starts an embedded Redis)"
         )
     block_s = (block_ms or settings.block_ms) / 1000
-    return ArqRedis.from_url(  # type: ignore[no-any-return]
+    # Any CONVEYOR_REDIS_URL form (Sentinel, Cluster too); see producer.connection.
+    return redis_from_url(
         settings.redis_url,
-        decode_responses=True,
+        redis_class=ArqRedis,
         socket_timeout=block_s + 10,
         socket_connect_timeout=5,
         health_check_interval=30,
@@ -551,7 +679,8 @@ def run_worker(
     handlers: str | None = None,
 ) -> int:
     """`conveyor worker`: run until SIGTERM/SIGINT (or until drained with `burst`)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if settings.worker_metrics_port:
+        metrics.serve(settings.worker_metrics_port, settings.host)
     worker = ConveyorWorker(
         settings,
         connect(settings),

@@ -41,8 +41,10 @@ def run() -> None:
 def gateway() -> None:
     """One gateway process (HTTP API, SSE, dashboard) on CONVEYOR_HOST:CONVEYOR_PORT."""
     settings = _settings()
+    from conveyor.logs import configure_logging
     from gateway.server import serve
 
+    configure_logging(settings, "gateway")
     serve(settings)
 
 
@@ -67,7 +69,9 @@ def worker(concurrency: int | None, queue: str | None, burst: bool, handlers: st
     """One consumer process."""
     settings = _settings()
     from consumers.worker import run_worker
+    from conveyor.logs import configure_logging
 
+    configure_logging(settings, "worker")
     queue = queue or settings.queues[0]
     sys.exit(
         run_worker(settings, queue=queue, concurrency=concurrency, burst=burst, handlers=handlers)

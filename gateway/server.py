@@ -19,7 +19,9 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         proxy_headers=True,
-        log_level="info",
+        # Logging is configured by the caller (`conveyor gateway`: JSON lines, see
+        # conveyor/logs.py); uvicorn's records propagate to it instead of its own handlers.
+        log_config=None,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -33,6 +33,14 @@ class Settings(BaseSettings):
     # The worker settings (arq style: `functions`, `on_startup`, ...) that declare the job
     # types. Workers run them; the gateway reads the type names from it to refuse unknown ones.
     handlers: str = "consumers.handlers:WorkerSettings"
+
+    # Logs: JSON lines (for collectors) or text (for a terminal); the level of every process.
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"] = (
+        "INFO"
+    )
+    # Consumers serve Prometheus metrics on this port when set (0 or unset: off).
+    worker_metrics_port: int | None = None
 
     # Gateway.
     host: str = "127.0.0.1"

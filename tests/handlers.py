@@ -13,6 +13,8 @@ from arq.worker import Retry, func
 from consumers.context import JobContext
 from consumers.errors import PermanentError
 from consumers.handlers.builtin import noop, sleep
+from consumers.hooks import on_failure
+from schemas.models import Job
 
 
 async def crash(ctx: JobContext, **_: Any) -> None:
@@ -53,6 +55,20 @@ async def record(ctx: JobContext, path: str, seconds: float = 0.0) -> str:
     return ctx.job_id
 
 
+async def record_refund(ctx: dict[str, Any], job: Job) -> None:
+    """The compensation: one line per call, so tests count calls."""
+    with open(job.payload["refunds"], "a") as f:
+        f.write(f"{job.id} {job.status.value} {job.error}\n")
+
+
+@on_failure(record_refund)
+async def charge(ctx: JobContext, refunds: str, crash: bool = False) -> None:
+    """Fails for good (or kills its process): its refund must run exactly once."""
+    if crash:
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise PermanentError("card declined")
+
+
 class WorkerSettings:
     functions: ClassVar[list[Any]] = [
         func(noop, name="noop"),  # type: ignore[arg-type]
@@ -63,4 +79,5 @@ class WorkerSettings:
         func(hang, name="hang"),  # type: ignore[arg-type]
         func(record, name="record"),  # type: ignore[arg-type]
         func(sleep, name="short_timeout", timeout=0.3, max_tries=2),  # type: ignore[arg-type]
+        func(charge, name="charge"),  # type: ignore[arg-type]
     ]

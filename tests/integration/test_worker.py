@@ -210,3 +210,44 @@ async def test_consumer_records_when_it_was_last_seen(
     await worker.close()
     seen = await redis.hgetall(driver.producer.keys(driver.queue).consumer_seen())
     assert "seen-me" in seen
+
+
+async def test_on_failure_hook_runs_once_per_failed_job(
+    driver: Driver, make_worker: Callable[..., ConveyorWorker], tmp_path: Path
+) -> None:
+    refunds = tmp_path / "refunds"
+    failed = {await driver.submit("charge", payload={"refunds": str(refunds)}) for _ in range(5)}
+    succeeded = await driver.submit("noop")
+    async with running(make_worker()), running(make_worker()):  # two consumers compete
+        await wait_for_terminal(driver.redis, driver.queue, {*failed, succeeded}, 10)
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(lines := refunds.read_text().splitlines() if refunds.exists() else []) < 5:
+            assert asyncio.get_running_loop().time() < deadline, lines
+            await wait_for_acks(driver)
+    assert sorted(line.split()[0] for line in lines) == sorted(failed)  # once each, no more
+    assert all(line.split()[1] == "failed" for line in lines)
+
+
+async def wait_for_acks(driver: Driver) -> None:
+    """Block until the dead-letter stream gets a new entry or a second passes: the hook's
+    consumers ack as they go, so this paces the check without a bare sleep."""
+    dead = driver.producer.keys(driver.queue).dead
+    await driver.redis.xread({dead: "$"}, block=1000)
+
+
+async def test_consumers_gone_for_long_with_nothing_pending_are_removed(
+    driver: Driver, settings_factory: Callable[..., Settings], redis: aioredis.Redis
+) -> None:
+    keys = driver.producer.keys(driver.queue)
+    await driver.producer.ensure_group(driver.queue)
+    await redis.xgroup_createconsumer(keys.jobs, "workers", "ghost")
+    await redis.hset(keys.consumer_seen(), "ghost", "1")  # last seen in 1970
+    assert "ghost" in {c["name"] for c in await redis.xinfo_consumers(keys.jobs, "workers")}
+    settings = settings_factory(handlers="tests.handlers", consumer_idle_cleanup_s=0.05)
+    worker = ConveyorWorker(settings, connect(settings), queue=driver.queue, handle_signals=False)
+    async with running(worker):
+        deadline = asyncio.get_running_loop().time() + 10
+        while "ghost" in {c["name"] for c in await redis.xinfo_consumers(keys.jobs, "workers")}:
+            assert asyncio.get_running_loop().time() < deadline
+            await redis.xread({keys.events: "$"}, block=100)  # pacing, bounded
+    assert not await redis.hexists(keys.consumer_seen(), "ghost")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -148,3 +149,24 @@ async def test_sigterm_past_grace_leaves_job_for_another_consumer(
     terminal = await wait_for_terminal(driver.redis, driver.queue, {job_id}, 30)
     assert terminal == {job_id: ["job.succeeded"]}
     assert len(runs.read_text().splitlines()) == 2
+
+
+async def test_on_failure_runs_once_for_a_job_dead_lettered_by_reclaim(
+    driver: Driver, spawn_worker: Callable[..., ManagedProcess], tmp_path: Path
+) -> None:
+    refunds = tmp_path / "refunds"
+    job_id = await driver.submit("charge", payload={"refunds": str(refunds), "crash": True})
+    for i in range(4):  # three die running it; the fourth finds it poison
+        spawn_worker(f"w{i}")
+    await wait_for_event(driver.redis, driver.queue, job_id, "job.failed", 60)
+    dead = driver.producer.keys(driver.queue).dead
+    deadline = asyncio.get_running_loop().time() + 15
+    while not refunds.exists():
+        assert asyncio.get_running_loop().time() < deadline, "the hook never ran"
+        await driver.redis.xread({dead: "$"}, block=200)  # pacing, bounded
+    # Give a second consumer every chance to run it again: all entries acknowledged.
+    while (await driver.redis.xpending(dead, "on_failure"))["pending"]:
+        assert asyncio.get_running_loop().time() < deadline
+        await driver.redis.xread({dead: "$"}, block=200)
+    (line,) = refunds.read_text().splitlines()
+    assert line.startswith(f"{job_id} failed delivered 3 times")
