@@ -47,6 +47,7 @@ from consumers.batching import Batcher
 from consumers.context import JobContext
 from consumers.hooks import FAILURE_GROUP, failure_hook
 from producer import Delivery, Lease, Producer
+from producer.checks import warn_if_evicting
 from producer.connection import redis_from_url
 from schemas.errors import PermanentError
 from schemas.keys import CONSUMER_GROUP, QueueKeys
@@ -635,20 +636,6 @@ class ConveyorWorker(Worker):
             f"j_failed={self.jobs_failed} j_retried={self.jobs_retried} "
             f"j_cancelled={self.jobs_cancelled} reclaimed={self.reclaimed} "
             f"dead_lettered={self.dead_lettered} j_ongoing={len(self.running)}>"
-        )
-
-
-async def warn_if_evicting(redis: Any) -> None:
-    """A Redis that evicts keys under memory pressure can silently drop jobs: say so loudly."""
-    try:
-        policy = (await redis.config_get("maxmemory-policy")).get("maxmemory-policy")
-    except Exception:  # CONFIG may be disabled (managed Redis): nothing to check then
-        return
-    if policy and policy != "noeviction":
-        logger.warning(
-            "Redis maxmemory-policy is %r: under memory pressure Redis may evict job keys. "
-            "Set maxmemory-policy noeviction for Conveyor's durability contract.",
-            policy,
         )
 
 

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     sse_ping_s: float = 15.0
     sse_retry_ms: int = 5000
     sse_subscriber_buffer: int = 1000
+    # Per job and client, at most one job.progress event per this interval (coalesced).
+    sse_progress_interval_s: float = 0.2
     presign_ttl_s: int = 300
 
     # `conveyor run`.

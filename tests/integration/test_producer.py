@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from producer import Lease, Producer
+from producer.checks import warn_if_evicting
 from producer.scripts import library_source
 from schemas import TRANSITIONS, JobStatus, Settings, SubmitRequest
 from schemas.errors import JobNotFound, TransitionRefused
@@ -280,3 +282,14 @@ async def test_tenant_index_drops_ids_past_retention(
     await redis.zadd(index, {"ancient": 1})  # a job whose hash expired long ago
     submitted = await producer.submit(SubmitRequest(type="noop", queue=queue_name), tenant="t")
     assert await redis.zrange(index, 0, -1) == [submitted.job_id]
+
+
+async def test_eviction_policy_is_reported(fresh_redis: Callable[..., Any]) -> None:
+    server = fresh_redis()
+    client = aioredis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        assert await warn_if_evicting(client) is None  # noeviction, as embedded Redis runs
+        await client.config_set("maxmemory-policy", "allkeys-lru")
+        assert await warn_if_evicting(client) == "allkeys-lru"
+    finally:
+        await client.aclose()
