@@ -11,6 +11,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from producer import Producer
+from producer.connection import redis_from_url
 from schemas import CONSUMER_GROUP, TERMINAL_EVENTS, Event, QueueKeys, Settings, SubmitRequest
 from schemas.errors import UnknownJobType
 
@@ -18,10 +19,8 @@ from schemas.errors import UnknownJobType
 def _client(settings: Settings) -> aioredis.Redis:
     if not settings.redis_url:
         raise SystemExit("CONVEYOR_REDIS_URL is not set: point it at the Redis `conveyor run` uses")
-    client: aioredis.Redis = aioredis.Redis.from_url(
-        settings.redis_url, decode_responses=True, socket_timeout=30
-    )
-    return client
+    # Any CONVEYOR_REDIS_URL form (Sentinel, Cluster too); see producer.connection.
+    return redis_from_url(settings.redis_url, socket_timeout=30)
 
 
 def submit_command(

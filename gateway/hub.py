@@ -38,6 +38,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from gateway.metrics import Metrics
@@ -175,6 +177,7 @@ class Hub:
         self._tenants: dict[str, set[Subscriber]] = {}
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._resolving = asyncio.Lock()
         self.ready = asyncio.Event()
         self.dispatched = 0
 
@@ -262,13 +265,32 @@ class Hub:
         }
         self.ready.set()
 
+    def stream_groups(self) -> list[list[str]]:
+        """The events streams one XREAD may cover together: all of them on one Redis; on a
+        Redis Cluster, those of one hash slot (a command's keys must share a slot there)."""
+        if not isinstance(self.redis, RedisCluster):
+            return [list(self._stream_queue)]
+        by_slot: dict[int, list[str]] = {}
+        for stream in self._stream_queue:
+            by_slot.setdefault(key_slot(stream.encode()), []).append(stream)
+        return list(by_slot.values())
+
     async def _run(self) -> None:
+        # One blocking reader per group: on a cluster, a quiet queue's XREAD BLOCK must not
+        # hold back the events of a queue on another slot.
+        await asyncio.gather(*(self._read_loop(group) for group in self.stream_groups()))
+
+    async def _read_loop(self, streams: list[str]) -> None:
         backoff = 0.05
         while not self._closing:
             try:
                 if not self.ready.is_set():
-                    await self.resolve_positions()
-                await self.read_once(BLOCK_MS)
+                    # Several readers start at once; positions are pinned once, or a late
+                    # reader would move an early one's position back to the tail.
+                    async with self._resolving:
+                        if not self.ready.is_set():
+                            await self.resolve_positions()
+                await self.read_once(BLOCK_MS, streams)
                 backoff = 0.05
             except asyncio.CancelledError:
                 raise
@@ -284,12 +306,24 @@ class Hub:
                 log.exception("hub reader: unexpected error")
                 await asyncio.sleep(BACKOFF_MAX_S)
 
-    async def read_once(self, block_ms: int | None = None) -> int:
-        """One XREAD over every queue; dispatches what it read and returns how many."""
-        streams: dict[Any, Any] = dict(self.positions)
-        response: Any = await self.redis.xread(streams, count=BATCH, block=block_ms)
+    async def read_once(self, block_ms: int | None = None, streams: list[str] | None = None) -> int:
+        """One XREAD over `streams` (default: every queue's, one XREAD per group of
+        `stream_groups`); dispatches what it read and returns how many."""
+        groups = [streams] if streams is not None else self.stream_groups()
+
+        def xread(group: list[str]) -> Any:
+            positions: dict[Any, Any] = {key: self.positions[key] for key in group}
+            return self.redis.xread(positions, count=BATCH, block=block_ms)
+
+        # One group (always, on one Redis) is awaited directly: no task in between, so
+        # events are dispatched as soon as the reply is in.
+        replies: list[Any] = (
+            [await xread(groups[0])]
+            if len(groups) == 1
+            else await asyncio.gather(*map(xread, groups))
+        )
         total = 0
-        for stream, entries in response or ():
+        for stream, entries in [item for reply in replies for item in reply or ()]:
             if not entries:
                 continue
             started = time.perf_counter()
