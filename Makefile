@@ -41,7 +41,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint
+# tests/browser drives Debian's Chromium by path: test tools cannot download a browser here.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -q
+	$(SUDO) apt-get install -y -q chromium
+
+test: lint $(CHROMIUM)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -17,8 +17,10 @@ from gateway.hub import BLOCK_MS, Hub
 from gateway.jobtypes import known_job_types
 from gateway.limits import BodyLimit
 from gateway.metrics import Metrics
-from gateway.routes import events, health, jobs
+from gateway.routes import dashboard, events, health, jobs
 from producer import Producer
+from producer.checks import warn_if_evicting
+from producer.connection import redis_from_url
 from schemas.settings import Settings
 
 log = logging.getLogger("conveyor.gateway")
@@ -30,14 +32,13 @@ PROGRESS_INTERVAL_S = 0.2
 def _redis(settings: Settings, read_timeout_s: float) -> Redis:
     if not settings.redis_url:
         raise RuntimeError("CONVEYOR_REDIS_URL is not set")
-    client: Redis = Redis.from_url(
+    # Any CONVEYOR_REDIS_URL form (Sentinel, Cluster too); see producer.connection.
+    return redis_from_url(
         settings.redis_url,
-        decode_responses=True,
         socket_timeout=read_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
         health_check_interval=30,
     )
-    return client
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -46,6 +47,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = _redis(settings, settings.redis_timeout_s)
+        await warn_if_evicting(redis)
         # The hub's XREAD blocks up to BLOCK_MS: its socket must wait longer than that.
         hub_redis = _redis(settings, settings.redis_timeout_s + BLOCK_MS / 1000)
         hub = Hub(hub_redis, settings, metrics)
@@ -83,4 +85,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(health.router)
+    app.include_router(dashboard.router)
     return app

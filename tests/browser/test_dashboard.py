@@ -1,0 +1,202 @@
+"""The dashboard in a real browser: headless Chromium (Debian's `chromium`, driven by
+Playwright) against a real gateway process, a real consumer process and a real Redis.
+
+Playwright cannot download its own browser here, so it launches the system one by path;
+`make test` installs it when missing. Every wait is on a DOM condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+
+from conveyor.embedded_redis import EmbeddedRedis
+from conveyor.process import ManagedProcess, free_port, port_open, wait_until
+from tests.browser.conftest import FAILED
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("CONVEYOR_CHROMIUM", "/usr/bin/chromium")
+# What runs as root in a container without a GPU or outside network. Playwright gives each
+# launch a fresh temporary profile (--user-data-dir) of its own.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+API_KEY = "k"
+DEADLINE_MS = 15_000
+SCREENSHOT = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard.png"
+PROCESSES: list[ManagedProcess] = []  # this module's servers, whose logs a failure prints
+
+# Records each new value of the sleep job's progress bar as the page changes it, so the
+# test sees the bar move even between two of its own looks at the DOM.
+RECORD_PROGRESS = """() => {
+  window.progressSeen = [];
+  const record = () => {
+    const bar = document.querySelector('tr[data-type="sleep"] progress');
+    const seen = window.progressSeen;
+    if (bar && seen[seen.length - 1] !== bar.value) seen.push(bar.value);
+  };
+  new MutationObserver(record).observe(document.querySelector("#jobs tbody"), {
+    subtree: true, childList: true, attributes: true, attributeFilter: ["value"],
+  });
+}"""
+
+
+@pytest.fixture(scope="module")
+def dashboard_url(
+    redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A gateway and one consumer on this module's own queue; stopped by pid afterwards."""
+    queue_name = f"browser-{uuid.uuid4().hex[:8]}"
+    tmp_path = tmp_path_factory.mktemp("dashboard")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    env.update(
+        CONVEYOR_REDIS_URL=redis_server.url,
+        CONVEYOR_HOST="127.0.0.1",
+        CONVEYOR_PORT=str(port),
+        CONVEYOR_API_KEYS=f"{API_KEY}=t1",
+        CONVEYOR_QUEUES=queue_name,
+    )
+    cli = [sys.executable, "-m", "conveyor.cli"]
+    # cwd is a fresh directory so no developer .env is read.
+    gateway = ManagedProcess(
+        "gateway", [*cli, "gateway"], env=env, cwd=tmp_path, log_path=tmp_path / "gateway.log"
+    )
+    worker = ManagedProcess(
+        "worker",
+        [*cli, "worker", "--queue", queue_name],
+        env=env,
+        cwd=tmp_path,
+        log_path=tmp_path / "worker.log",
+    )
+    PROCESSES[:] = [gateway, worker]
+    try:
+        gateway.start()
+        worker.start()
+        wait_until(lambda: port_open("127.0.0.1", port) or not gateway.alive(), 20, "gateway")
+        assert gateway.alive(), gateway.log_tail()
+        yield f"http://127.0.0.1:{port}"
+        assert worker.alive(), worker.log_tail()
+    finally:
+        worker.stop()
+        gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} not found: `make test` installs Debian's chromium package")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
+    """A fresh browser context (empty localStorage) whose page must log no error. When the
+    test fails, the page as it was is kept in test-artifacts/ beside the servers' logs."""
+    context = browser.new_context(viewport={"width": 1280, "height": 640})
+    context.set_default_timeout(DEADLINE_MS)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type in {"error", "warning"}:
+            problems.append(f"console {message.type}: {message.text}")
+
+    page.on("console", on_console)
+    page.on(
+        "response",
+        lambda r: problems.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None,
+    )
+    try:
+        yield page
+        if request.node.stash.get(FAILED, False):
+            name = request.node.name
+            page.screenshot(path=SCREENSHOT.with_name(f"failed-{name}.png"), full_page=True)
+            for process in PROCESSES:
+                print(f"--- {process.name} log ---\n{process.log_tail(60)}")
+    finally:
+        context.close()
+    assert not problems, problems
+
+
+def connect(page: Page, dashboard_url: str) -> None:
+    page.goto(f"{dashboard_url}/")
+    page.get_by_label("API key").fill(API_KEY)
+    page.get_by_role("button", name="Connect").click()
+    expect(page.locator("#connection")).to_have_text("Live")
+
+
+def submit(page: Page, job_type: str, payload: dict[str, object]) -> None:
+    page.get_by_label("Job type").select_option(job_type)
+    page.get_by_label("Payload (JSON)").fill(json.dumps(payload))
+    page.get_by_role("button", name="Submit").click()
+    expect(page.locator("#submit-status")).to_contain_text(f"Submitted {job_type} job")
+
+
+def test_a_job_submitted_from_the_page_is_watched_to_the_end(
+    dashboard_url: str, page: Page
+) -> None:
+    connect(page, dashboard_url)
+    page.evaluate(RECORD_PROGRESS)
+    submit(page, "sleep", {"seconds": 2, "steps": 8})
+
+    row = page.locator('tr[data-type="sleep"]')
+    expect(row).to_have_count(1)
+    # The bar moves while the job runs: two distinct values between 0 and 100 at least.
+    page.wait_for_function(
+        "() => new Set(window.progressSeen.filter(v => v > 0 && v < 100)).size >= 2",
+        timeout=DEADLINE_MS,
+    )
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOT.with_name("dashboard-running.png"), full_page=True)
+    expect(row).to_have_attribute("data-status", "succeeded")
+    expect(row.locator("progress")).to_have_js_property("value", 100)
+    expect(row.get_by_role("button", name="Cancel")).to_have_count(0)
+    expect(row.get_by_role("button", name="Retry")).to_have_count(0)
+
+    seen: list[float] = page.evaluate("window.progressSeen")
+    assert seen == sorted(seen), f"progress went backwards: {seen}"
+    assert len({v for v in seen if 0 < v < 100}) >= 2, seen
+    assert seen[-1] == 100, seen
+
+    page.screenshot(path=SCREENSHOT, full_page=True)
+
+
+def test_cancel_and_retry_buttons_act_on_a_running_job(dashboard_url: str, page: Page) -> None:
+    connect(page, dashboard_url)
+    earlier = page.locator("#jobs tbody tr").count()
+    submit(page, "sleep", {"seconds": 60, "steps": 60})
+    expect(page.locator("#jobs tbody tr")).to_have_count(earlier + 1)
+    row = page.locator("#jobs tbody tr").first  # newest first
+
+    expect(row).to_have_attribute("data-status", "running")
+    row.get_by_role("button", name="Cancel").click()
+    expect(row).to_have_attribute("data-status", "cancelled")
+
+    row.get_by_role("button", name="Retry").click()
+    expect(row).to_have_attribute("data-status", "running")
+    # Cancelled again so the consumer is idle when the fixture stops it.
+    row.get_by_role("button", name="Cancel").click()
+    expect(row).to_have_attribute("data-status", "cancelled")
