@@ -60,6 +60,7 @@ T = TypeVar("T")
 CANCEL_POLL_S = 0.5  # a cancel request reaches a running handler within this (plus a trip)
 HELPER_STOP_S = 2.0
 REDIS_RETRY_S = 0.5
+HEARTBEAT_S = 5.0
 MAX_ERROR_CHARS = 2000
 
 
@@ -188,6 +189,7 @@ class ConveyorWorker(Worker):
                 self._watch_cancels,
                 self._compensate,
                 self._forget_gone_consumers,
+                self._heartbeat,
             )
         ]
         try:
@@ -257,9 +259,6 @@ class ConveyorWorker(Worker):
             {self.keys.jobs: ">"},
             count=count,
             block=self.settings.block_ms,
-        )
-        await self.pool.hset(  # type: ignore[misc]
-            self.keys.consumer_seen(), self.consumer, str(int(time.time() * 1000))
         )
         return [
             (entry_id, fields["job_id"]) for _, rows in reply or () for entry_id, fields in rows
@@ -520,6 +519,19 @@ class ConveyorWorker(Worker):
                 wait_s = min(1.0, max(0.01, next_due_ms / 1000 - time.time()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._delayed_changed.wait(), wait_s)
+
+    async def _heartbeat(self) -> None:
+        """Mark this consumer alive (for `conveyor inspect` and the cleanup of gone consumers)
+        and refresh arq's health-check key. Its own loop: a consumer whose slots are all busy
+        with long jobs does not fetch, and must not look dead."""
+
+        async def beat() -> None:
+            await self.pool.hset(  # type: ignore[misc]
+                self.keys.consumer_seen(), self.consumer, str(int(time.time() * 1000))
+            )
+            await self.record_health()
+
+        await self._every(HEARTBEAT_S, beat)
 
     async def _compensate(self) -> None:
         """Run `on_failure` hooks for this queue's failed jobs (see consumers/hooks.py)."""
