@@ -121,7 +121,9 @@ async def inspect_lines(redis: aioredis.Redis, keys: QueueKeys, settings: Settin
         lines.append(f"  no consumer group {CONSUMER_GROUP!r} yet")
         return lines
     lines.append(
-        f"  group {CONSUMER_GROUP!r}  pending {group['pending']}  lag {group.get('lag', '?')}"
+        # lag = XLEN - pending: exact, as finished entries are deleted (XINFO's lag can be nil)
+        f"  group {CONSUMER_GROUP!r}  pending {group['pending']}"
+        f"  lag {max(0, int(length) - int(group['pending']))}"
         f"  last delivered {group['last-delivered-id']}"
     )
     consumers = await redis.xinfo_consumers(keys.jobs, CONSUMER_GROUP)

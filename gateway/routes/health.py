@@ -84,5 +84,9 @@ async def _queue_gauges(gw: Gateway) -> None:
         m.queue_length.labels(queue).set(length)
         m.queue_delayed.labels(queue).set(delayed)
         m.queue_dead.labels(queue).set(dead)
-        m.queue_pending.labels(queue).set(int(group.get("pending") or 0))
-        m.queue_lag.labels(queue).set(int(group.get("lag") or 0))
+        pending = int(group.get("pending") or 0)
+        m.queue_pending.labels(queue).set(pending)
+        # Finished entries are deleted on ack, so the stream holds exactly the undelivered and
+        # the pending ones: this is the lag, exact even when XINFO GROUPS reports it as nil
+        # (it does once the last delivered entry has been deleted).
+        m.queue_lag.labels(queue).set(max(0, length - pending))
