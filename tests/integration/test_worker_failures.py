@@ -142,7 +142,10 @@ async def test_sigterm_past_grace_leaves_job_for_another_consumer(
     runs = tmp_path / "runs"
     job_id = await driver.submit("record", payload={"path": str(runs), "seconds": 4})
     worker = spawn_worker("impatient", CONVEYOR_SHUTDOWN_GRACE_S="1")
-    await wait_for_event(driver.redis, driver.queue, job_id, "job.started", 15)
+    # Progress, not job.started: the handler must be running when SIGTERM lands (a SIGTERM
+    # between the start script and the handler's task also leaves the job to be reclaimed,
+    # but then the handler has run once, not twice).
+    await wait_for_event(driver.redis, driver.queue, job_id, "job.progress", 15)
     worker.stop(grace_s=10)
     assert await driver.status(job_id) is JobStatus.RUNNING  # not failed, not lost
     spawn_worker("heir")
