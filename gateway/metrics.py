@@ -63,3 +63,9 @@ class Metrics:
         self.queue_dead = Gauge(
             "conveyor_queue_dead", "Entries in the dead-letter stream", ["queue"], registry=r
         )
+        self.consumers_alive = Gauge(
+            "conveyor_consumers_alive",
+            "Consumers that marked themselves seen within the last 3 heartbeats (15 s)",
+            ["queue"],
+            registry=r,
+        )

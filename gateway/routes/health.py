@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 import httpx
@@ -14,6 +15,10 @@ from redis.exceptions import RedisError
 from gateway.deps import Gateway, GatewayDep
 from gateway.errors import RedisUnavailable, redis_deadline
 from schemas.keys import CONSUMER_GROUP
+
+# Consumers mark themselves seen every 5 s (consumers/worker.py, HEARTBEAT_S): three missed
+# beats and a consumer no longer counts as alive.
+ALIVE_WINDOW_S = 15.0
 
 router = APIRouter(tags=["health"])
 
@@ -76,7 +81,8 @@ async def _queue_gauges(gw: Gateway) -> None:
             pipe.xlen(k.jobs)
             pipe.zcard(k.delayed)
             pipe.xlen(k.dead)
-            length, delayed, dead = await pipe.execute()
+            pipe.hvals(k.consumer_seen())
+            length, delayed, dead, seen = await pipe.execute()
         groups: list[dict[str, Any]] = []
         with contextlib.suppress(RedisError):  # no stream yet: nothing pending
             groups = await gw.redis.xinfo_groups(k.jobs)
@@ -90,3 +96,5 @@ async def _queue_gauges(gw: Gateway) -> None:
         # the pending ones: this is the lag, exact even when XINFO GROUPS reports it as nil
         # (it does once the last delivered entry has been deleted).
         m.queue_lag.labels(queue).set(max(0, length - pending))
+        alive_since_ms = (time.time() - ALIVE_WINDOW_S) * 1000
+        m.consumers_alive.labels(queue).set(sum(int(ms) >= alive_since_ms for ms in seen))

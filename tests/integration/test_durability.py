@@ -1,5 +1,5 @@
 """Redis dies mid-run (SIGKILL) and comes back from its AOF: nothing accepted is lost, and the
-consumer reconnects by itself."""
+consumer and the gateway reconnect by themselves."""
 
 from __future__ import annotations
 
@@ -8,62 +8,84 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import redis.asyncio as aioredis
 
 from conveyor.embedded_redis import EmbeddedRedis
-from conveyor.process import ManagedProcess
-from producer import Producer
-from schemas import JobStatus, Settings, SubmitRequest
+from conveyor.process import ManagedProcess, free_port, port_open, wait_until
 from tests.integration.conftest import wait_for_terminal
 
 REPO = Path(__file__).resolve().parents[2]
+AUTH = {"Authorization": "Bearer key-1"}
 
 
-async def test_jobs_survive_a_redis_crash_with_aof_always(
+async def test_accepted_jobs_survive_a_redis_crash_with_aof_always(
     fresh_redis: Callable[..., EmbeddedRedis],
-    settings_factory: Callable[..., Settings],
     queue_name: str,
     tmp_path: Path,
 ) -> None:
     server = fresh_redis(appendfsync="always")
-    settings = settings_factory(redis_url=server.url)
-    runs = tmp_path / "runs"
-    client = aioredis.Redis.from_url(server.url, decode_responses=True)
-    producer = Producer(client, settings)
-    requests = [
-        SubmitRequest(type="record", queue=queue_name, payload={"path": str(runs), "seconds": 0.4})
-        for _ in range(40)
-    ]
-    job_ids = {(await producer.submit(r)).job_id for r in requests}  # each one a 202
-    await client.aclose()
-
+    port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")},
         "CONVEYOR_REDIS_URL": server.url,
+        "CONVEYOR_QUEUES": queue_name,
         "CONVEYOR_HANDLERS": "tests.handlers",
+        "CONVEYOR_API_KEYS": "key-1=t1",
+        "CONVEYOR_PORT": str(port),
         "CONVEYOR_CONCURRENCY": "4",
         "CONVEYOR_VISIBILITY_TIMEOUT_S": "2",
         "CONVEYOR_RECLAIM_INTERVAL_S": "0.2",
     }
-    argv = [sys.executable, "-m", "conveyor.cli", "worker", "--queue", queue_name]
-    worker = ManagedProcess("worker", argv, env=env, cwd=REPO, log_path=tmp_path / "w.log")
-    worker.start()
+    cli = [sys.executable, "-m", "conveyor.cli"]
+    gateway = ManagedProcess(
+        "gateway", [*cli, "gateway"], env=env, cwd=REPO, log_path=tmp_path / "gateway.log"
+    ).start()
+    worker = ManagedProcess(
+        "worker",
+        [*cli, "worker", "--queue", queue_name],
+        env=env,
+        cwd=REPO,
+        log_path=tmp_path / "worker.log",
+    )
+    runs = tmp_path / "runs"
     try:
-        client = aioredis.Redis.from_url(server.url, decode_responses=True)
-        # Some finished, some running, most still queued: then the crash.
-        await wait_for_terminal(client, queue_name, set(sorted(job_ids)[:3]), 30)
-        await client.aclose()
-        server.kill()
-        server.start()
+        wait_until(lambda: port_open("127.0.0.1", port), 30, "the gateway")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=AUTH) as http:
+            job_ids = set()
+            for _ in range(40):
+                response = await http.post(
+                    "/v1/jobs",
+                    json={"type": "record", "payload": {"path": str(runs), "seconds": 0.4}},
+                )
+                assert response.status_code == 202, response.text
+                job_ids.add(response.json()["id"])
 
-        client = aioredis.Redis.from_url(server.url, decode_responses=True)
-        terminal = await wait_for_terminal(client, queue_name, job_ids, 60)
-        assert worker.alive(), worker.log_tail()  # reconnected by itself, never restarted
-        assert terminal == {job_id: ["job.succeeded"] for job_id in job_ids}
-        producer = Producer(client, settings)
-        for job_id in job_ids:
-            job = await producer.get(queue_name, job_id)
-            assert job is not None and job.status is JobStatus.SUCCEEDED
-        await client.aclose()
+            worker.start()
+            client = aioredis.Redis.from_url(server.url, decode_responses=True)
+            # Some finished, some running, most still queued: then the crash.
+            await wait_for_terminal(client, queue_name, set(sorted(job_ids)[:3]), 30)
+            await client.aclose()
+            server.kill()
+            server.start()
+
+            client = aioredis.Redis.from_url(server.url, decode_responses=True)
+            terminal = await wait_for_terminal(client, queue_name, job_ids, 60)
+            await client.aclose()
+            assert terminal == {job_id: ["job.succeeded"] for job_id in job_ids}
+            # Neither process was restarted, and both work against the restarted Redis.
+            assert worker.alive(), worker.log_tail()
+            assert gateway.alive(), gateway.log_tail()
+            for job_id in sorted(job_ids)[:5]:
+                response = await http.get(f"/v1/jobs/{job_id}")
+                assert response.status_code == 200 and response.json()["status"] == "succeeded"
+            after = await http.post("/v1/jobs", json={"type": "noop"})
+            assert after.status_code == 202
+            client = aioredis.Redis.from_url(server.url, decode_responses=True)
+            await wait_for_terminal(client, queue_name, {after.json()["id"]}, 15)
+            await client.aclose()
+            metrics = (await http.get("/metrics")).text
+            assert f'conveyor_consumers_alive{{queue="{queue_name}"}} 1.0' in metrics
     finally:
         worker.stop()
+        gateway.stop()
