@@ -226,27 +226,22 @@ class Storage:
             cert_reqs="CERT_REQUIRED",
             ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
         )
-        # With the region given, presigning is pure computation (no location request).
-        self._client = Minio(
-            endpoint,
-            access_key=access_key,
-            secret_key=secret_key,
-            secure=secure,
-            region=region,
-            http_client=self._http,
-        )
-        # Presigned URLs sign the host, so a browser-facing host needs a client of its own.
-        self._presigner = self._client
-        if public_endpoint:
-            public_host, public_tls = _host_and_tls(public_endpoint, secure)
-            self._presigner = Minio(
-                public_host,
+        def client(host: str, tls: bool) -> Minio:
+            # With the region given, presigning is pure computation (no location request).
+            return Minio(
+                host,
                 access_key=access_key,
                 secret_key=secret_key,
-                secure=public_tls,
+                secure=tls,
                 region=region,
                 http_client=self._http,
             )
+
+        self._client = client(endpoint, secure)
+        # Presigned URLs sign the host, so a browser-facing host needs a client of its own.
+        self._presigner = (
+            client(*_host_and_tls(public_endpoint, secure)) if public_endpoint else self._client
+        )
         self._unaborted: set[OpenUpload] = set()
 
     @classmethod
