@@ -28,10 +28,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.cluster import ClusterPipeline as _RedisClusterPipeline
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.cluster import get_node_name
 from redis.commands.core import AsyncScript
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError, NoScriptError, RedisClusterException
+from redis.utils import HIREDIS_AVAILABLE
 
 __all__ = ["ClusterPipeline", "ConveyorCluster", "SentinelPool", "redis_from_url"]
 
@@ -75,8 +78,41 @@ def redis_from_url(url: str, *, redis_class: type[Redis] = Redis, **options: Any
             f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss://, unix://, "
             "redis+sentinel:// or redis+cluster://"
         )
+    if HIREDIS_AVAILABLE:
+        options.setdefault("connection_class", _HIREDIS_PACKING[scheme])
     client: Redis = redis_class.from_url(url, **options)
     return client
+
+
+class _HiredisPacking:
+    """redis-py's asyncio connections pack commands in Python (its sync ones use hiredis):
+    ~15 us for one of our EVALSHA calls against ~2 us with hiredis's C packer, which was
+    the largest cost in a consumer's profile. Same serializer redis-py's sync client uses."""
+
+    _packer = HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        packed: list[bytes] = self._packer.pack(*args)
+        return packed
+
+
+class _FastConnection(_HiredisPacking, Connection):
+    pass
+
+
+class _FastSSLConnection(_HiredisPacking, SSLConnection):
+    pass
+
+
+class _FastUnixConnection(_HiredisPacking, UnixDomainSocketConnection):
+    pass
+
+
+_HIREDIS_PACKING: dict[str, type[Connection | UnixDomainSocketConnection]] = {
+    "redis": _FastConnection,
+    "rediss": _FastSSLConnection,
+    "unix": _FastUnixConnection,
+}
 
 
 def _split_hosts(
