@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +17,9 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
 from conveyor.embedded_redis import EmbeddedRedis
-from conveyor.process import ManagedProcess, free_port, port_open, wait_until
+from conveyor.process import ManagedProcess, free_port
 from tests.browser.conftest import FAILED
+from tests.fixtures.processes import conveyor_env, start_gateway, start_worker
 
 pytestmark = pytest.mark.browser
 
@@ -63,37 +63,20 @@ def dashboard_url(
     queue_name = f"browser-{uuid.uuid4().hex[:8]}"
     tmp_path = tmp_path_factory.mktemp("dashboard")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-    env.update(
+    env = conveyor_env(
         CONVEYOR_REDIS_URL=redis_server.url,
-        CONVEYOR_HOST="127.0.0.1",
-        CONVEYOR_PORT=str(port),
         CONVEYOR_API_KEYS=f"{API_KEY}=t1",
         CONVEYOR_QUEUES=queue_name,
     )
-    cli = [sys.executable, "-m", "conveyor.cli"]
-    # cwd is a fresh directory so no developer .env is read.
-    gateway = ManagedProcess(
-        "gateway", [*cli, "gateway"], env=env, cwd=tmp_path, log_path=tmp_path / "gateway.log"
-    )
-    worker = ManagedProcess(
-        "worker",
-        [*cli, "worker", "--queue", queue_name],
-        env=env,
-        cwd=tmp_path,
-        log_path=tmp_path / "worker.log",
-    )
-    PROCESSES[:] = [gateway, worker]
+    worker = start_worker(env, queue=queue_name, log_dir=tmp_path)  # boots while we wait
+    PROCESSES[:] = [worker]
     try:
-        gateway.start()
-        worker.start()
-        wait_until(lambda: port_open("127.0.0.1", port) or not gateway.alive(), 20, "gateway")
-        assert gateway.alive(), gateway.log_tail()
+        PROCESSES.insert(0, start_gateway(env, port=port, log_dir=tmp_path))
         yield f"http://127.0.0.1:{port}"
         assert worker.alive(), worker.log_tail()
     finally:
-        worker.stop()
-        gateway.stop()
+        for process in reversed(PROCESSES):
+            process.stop()
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -92,7 +93,7 @@ async def running(worker: ConveyorWorker) -> AsyncIterator[ConveyorWorker]:
         yield worker
     finally:
         worker.allow_pick_jobs = False
-        worker.handle_sig(2)  # what SIGINT does: cancel tasks and main
+        worker.handle_sig(signal.SIGINT)  # what SIGINT does: cancel tasks and main
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await worker.close()

@@ -3,8 +3,6 @@ consumer and the gateway reconnect by themselves."""
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,10 +10,10 @@ import httpx
 import redis.asyncio as aioredis
 
 from conveyor.embedded_redis import EmbeddedRedis
-from conveyor.process import ManagedProcess, free_port, port_open, wait_until
+from conveyor.process import ManagedProcess, free_port
+from tests.fixtures.processes import REPO, conveyor_env, start_gateway, start_worker
 from tests.integration.conftest import wait_for_terminal
 
-REPO = Path(__file__).resolve().parents[2]
 AUTH = {"Authorization": "Bearer key-1"}
 
 
@@ -26,31 +24,19 @@ async def test_accepted_jobs_survive_a_redis_crash_with_aof_always(
 ) -> None:
     server = fresh_redis(appendfsync="always")
     port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")},
-        "CONVEYOR_REDIS_URL": server.url,
-        "CONVEYOR_QUEUES": queue_name,
-        "CONVEYOR_HANDLERS": "tests.handlers",
-        "CONVEYOR_API_KEYS": "key-1=t1",
-        "CONVEYOR_PORT": str(port),
-        "CONVEYOR_CONCURRENCY": "4",
-        "CONVEYOR_VISIBILITY_TIMEOUT_S": "2",
-        "CONVEYOR_RECLAIM_INTERVAL_S": "0.2",
-    }
-    cli = [sys.executable, "-m", "conveyor.cli"]
-    gateway = ManagedProcess(
-        "gateway", [*cli, "gateway"], env=env, cwd=REPO, log_path=tmp_path / "gateway.log"
-    ).start()
-    worker = ManagedProcess(
-        "worker",
-        [*cli, "worker", "--queue", queue_name],
-        env=env,
-        cwd=REPO,
-        log_path=tmp_path / "worker.log",
+    env = conveyor_env(
+        CONVEYOR_REDIS_URL=server.url,
+        CONVEYOR_QUEUES=queue_name,
+        CONVEYOR_HANDLERS="tests.handlers",
+        CONVEYOR_API_KEYS="key-1=t1",
+        CONVEYOR_CONCURRENCY="4",
+        CONVEYOR_VISIBILITY_TIMEOUT_S="2",
+        CONVEYOR_RECLAIM_INTERVAL_S="0.2",
     )
+    gateway = start_gateway(env, port=port, log_dir=tmp_path, cwd=REPO, deadline_s=30)
+    worker: ManagedProcess | None = None
     runs = tmp_path / "runs"
     try:
-        wait_until(lambda: port_open("127.0.0.1", port), 30, "the gateway")
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=AUTH) as http:
             job_ids = set()
             for _ in range(40):
@@ -61,7 +47,7 @@ async def test_accepted_jobs_survive_a_redis_crash_with_aof_always(
                 assert response.status_code == 202, response.text
                 job_ids.add(response.json()["id"])
 
-            worker.start()
+            worker = start_worker(env, queue=queue_name, log_dir=tmp_path, cwd=REPO)
             client = aioredis.Redis.from_url(server.url, decode_responses=True)
             # Some finished, some running, most still queued: then the crash.
             await wait_for_terminal(client, queue_name, set(sorted(job_ids)[:3]), 30)
@@ -87,5 +73,6 @@ async def test_accepted_jobs_survive_a_redis_crash_with_aof_always(
             metrics = (await http.get("/metrics")).text
             assert f'conveyor_consumers_alive{{queue="{queue_name}"}} 1.0' in metrics
     finally:
-        worker.stop()
+        if worker is not None:
+            worker.stop()
         gateway.stop()

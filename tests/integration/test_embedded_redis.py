@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from conveyor.embedded_redis import EmbeddedRedis, find_redis_server
 from conveyor.process import free_port, port_open, wait_until
 from schemas.settings import Settings
+from tests.fixtures.processes import conveyor_env
 
 pytestmark = pytest.mark.integration
 
@@ -209,8 +210,7 @@ class RunningStack:
 def conveyor_run(tmp_path: Path, path_without_redis: str) -> Iterator[RunningStack]:
     if reason := _missing_stack_modules():
         pytest.xfail(f"`conveyor run` needs the gateway and the worker: {reason}")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-    env.update(
+    env = conveyor_env(
         PATH=path_without_redis,
         CONVEYOR_DATA_DIR=str(tmp_path / "data"),
         CONVEYOR_PORT=str(free_port()),

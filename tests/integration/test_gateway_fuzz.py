@@ -4,8 +4,6 @@ they have their own tests."""
 
 from __future__ import annotations
 
-import os
-import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +14,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import not_a_server_error
 
 from conveyor.embedded_redis import EmbeddedRedis
-from conveyor.process import ManagedProcess, free_port, port_open, wait_until
+from conveyor.process import free_port
+from tests.fixtures.processes import conveyor_env, start_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -29,22 +28,14 @@ def base_url(
 ) -> Iterator[str]:
     port = free_port()
     workdir = tmp_path_factory.mktemp("fuzz-gateway")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-    env.update(
+    env = conveyor_env(
         CONVEYOR_REDIS_URL=redis_server.url,
         CONVEYOR_QUEUES=f"fuzz-{uuid.uuid4().hex[:8]}",
         CONVEYOR_API_KEYS="fuzz-key=fuzzer",
         CONVEYOR_MAX_PAYLOAD_BYTES="8192",
     )
-    argv = [
-        sys.executable, "-m", "uvicorn", "gateway.server:app_from_env", "--factory",
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-    ]  # fmt: skip
-    process = ManagedProcess("gateway", argv, env=env, cwd=workdir, log_path=workdir / "log")
-    process.start()
+    process = start_gateway(env, port=port, log_dir=workdir, uvicorn_log_level="warning")
     try:
-        wait_until(lambda: port_open("127.0.0.1", port) or not process.alive(), 20, "gateway")
-        assert process.alive(), process.log_tail()
         yield f"http://127.0.0.1:{port}"
     finally:
         process.stop()

@@ -7,20 +7,18 @@ their states with the producer (no worker), so every event is placed by the test
 
 from __future__ import annotations
 
-import os
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
 
 from conveyor.embedded_redis import EmbeddedRedis
-from conveyor.process import ManagedProcess, free_port, port_open, wait_until
+from conveyor.process import ManagedProcess, free_port
 from producer import Producer
+from tests.fixtures.processes import conveyor_env, start_gateway
 from tests.integration.conftest import Driver
 from tests.integration.test_sse_server import DEADLINE_S, Reader, assert_increasing, read
 
@@ -36,30 +34,15 @@ class Replicas:
     urls: tuple[str, str]
 
 
-def start_gateway(name: str, env: dict[str, str], workdir: Path) -> tuple[ManagedProcess, str]:
-    port = free_port()
-    argv = [sys.executable, "-m", "conveyor.cli", "gateway"]
-    process = ManagedProcess(
-        name,
-        argv,
-        env={**env, "CONVEYOR_PORT": str(port)},
-        cwd=workdir,  # no .env from the repository
-        log_path=workdir / f"{name}.log",
-    ).start()
-    return process, f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture(scope="module")
 def replicas(
     redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Replicas]:
     queue = f"replicas-{uuid.uuid4().hex[:8]}"
     workdir = tmp_path_factory.mktemp("replicas")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-    env.update(
+    env = conveyor_env(
         CONVEYOR_REDIS_URL=redis_server.url,
         CONVEYOR_QUEUES=queue,
-        CONVEYOR_HOST="127.0.0.1",
         CONVEYOR_API_KEYS=f"replica-key={TENANT}",
         CONVEYOR_TOKEN_SECRET="shared-by-every-replica",
         CONVEYOR_SSE_PING_S="1",
@@ -68,17 +51,9 @@ def replicas(
     try:
         urls = []
         for name in ("gateway-a", "gateway-b"):
-            process, url = start_gateway(name, env, workdir)
-            started.append(process)
-            urls.append(url)
-        for process, url in zip(started, urls, strict=True):
-            port = int(url.rsplit(":", 1)[1])
-            wait_until(
-                lambda: port_open("127.0.0.1", port) or not process.alive(),  # noqa: B023
-                20,
-                process.name,
-            )
-            assert process.alive(), process.log_tail()
+            port = free_port()
+            started.append(start_gateway(env, port=port, log_dir=workdir, name=name))
+            urls.append(f"http://127.0.0.1:{port}")
         yield Replicas(queue, (urls[0], urls[1]))
     finally:
         for process in started:

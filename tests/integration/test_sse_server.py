@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import socket
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -23,11 +21,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from conveyor.embedded_redis import EmbeddedRedis
-from conveyor.process import ManagedProcess, free_port, port_open, wait_until
+from conveyor.process import ManagedProcess, free_port
 from producer import Delivery, Producer
 from schemas.keys import CONSUMER_GROUP
 from schemas.models import SubmitRequest
 from schemas.settings import Settings
+from tests.fixtures.processes import conveyor_env, start_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -51,8 +50,7 @@ def gateway(
     queue = f"sse-{uuid.uuid4().hex[:8]}"
     port = free_port()
     workdir = tmp_path_factory.mktemp("gateway")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-    env.update(
+    env = conveyor_env(
         CONVEYOR_REDIS_URL=redis_server.url,
         CONVEYOR_QUEUES=queue,
         CONVEYOR_API_KEYS="key-a=acme,key-b=globex",
@@ -60,15 +58,8 @@ def gateway(
         CONVEYOR_SSE_SUBSCRIBER_BUFFER=str(BUFFER),
         CONVEYOR_SSE_PING_S="1",
     )
-    argv = [
-        sys.executable, "-m", "uvicorn", "gateway.server:app_from_env", "--factory",
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-    ]  # fmt: skip
-    process = ManagedProcess("gateway", argv, env=env, cwd=workdir, log_path=workdir / "log")
-    process.start()
+    process = start_gateway(env, port=port, log_dir=workdir, uvicorn_log_level="warning")
     try:
-        wait_until(lambda: port_open("127.0.0.1", port) or not process.alive(), 20, "gateway")
-        assert process.alive(), process.log_tail()
         yield Gateway(f"http://127.0.0.1:{port}", queue, process)
     finally:
         process.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,9 +15,9 @@ from conveyor.embedded_redis import EmbeddedRedis
 from conveyor.process import ManagedProcess
 from producer import Producer
 from schemas import JobStatus
+from tests.fixtures.processes import REPO, conveyor_env, start_worker
 from tests.integration.conftest import Driver, wait_for_event, wait_for_terminal
 
-REPO = Path(__file__).resolve().parents[2]
 FAST = {
     "CONVEYOR_VISIBILITY_TIMEOUT_S": "1",
     "CONVEYOR_RECLAIM_INTERVAL_S": "0.1",
@@ -34,17 +33,14 @@ def spawn_worker(
     started: list[ManagedProcess] = []
 
     def spawn(name: str, **env: str) -> ManagedProcess:
-        environ = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")},
+        environ = conveyor_env(
             **FAST,
-            "CONVEYOR_REDIS_URL": redis_server.url,
-            "CONVEYOR_QUEUES": queue_name,
-            "CONVEYOR_HANDLERS": "tests.handlers",
-            **env,
-        }
-        argv = [sys.executable, "-m", "conveyor.cli", "worker", "--queue", queue_name]
-        log = tmp_path / f"{name}.log"
-        process = ManagedProcess(name, argv, env=environ, cwd=REPO, log_path=log).start()
+            CONVEYOR_REDIS_URL=redis_server.url,
+            CONVEYOR_QUEUES=queue_name,
+            CONVEYOR_HANDLERS="tests.handlers",
+        )
+        environ |= env  # may replace one of FAST
+        process = start_worker(environ, queue=queue_name, log_dir=tmp_path, name=name, cwd=REPO)
         started.append(process)
         return process
 

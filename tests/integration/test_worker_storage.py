@@ -5,8 +5,6 @@ consumer's memory while it streams a body much larger than it may hold."""
 from __future__ import annotations
 
 import hashlib
-import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,14 +16,13 @@ from asgi_lifespan import LifespanManager
 from consumers.storage import MIN_PART_SIZE, Storage
 from consumers.worker import ConveyorWorker, connect
 from conveyor.embedded_s3 import EmbeddedS3
-from conveyor.process import ManagedProcess
 from gateway.app import create_app
 from schemas import JobStatus, Settings
 from tests.fixtures.origin import Origin, body_of
+from tests.fixtures.processes import conveyor_env, start_worker
 from tests.fixtures.s3 import storage_for
 from tests.integration.conftest import Driver, running, wait_for_event, wait_for_terminal
 
-REPO = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
 
 
@@ -156,18 +153,15 @@ async def test_consumer_streams_a_large_body_in_bounded_memory(
     job_id = await driver.submit(
         "ingest_url", payload={"url": f"{origin.base}/blocks/{size_mib * MIB}"}
     )
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")},
-        "CONVEYOR_REDIS_URL": redis_server.url,
-        "CONVEYOR_S3_ENDPOINT": s3_server.endpoint,
-        "CONVEYOR_S3_ACCESS_KEY": s3_server.access_key,
-        "CONVEYOR_S3_SECRET_KEY": s3_server.secret_key,
-        "CONVEYOR_S3_BUCKET": s3_server.bucket,
-        "CONVEYOR_INGEST_ALLOWED_HOSTS": "127.0.0.1",
-    }
-    argv = [sys.executable, "-m", "conveyor.cli", "worker", "--queue", driver.queue]
-    worker = ManagedProcess("worker", argv, env=env, cwd=REPO, log_path=tmp_path / "w.log")
-    worker.start()
+    env = conveyor_env(
+        CONVEYOR_REDIS_URL=redis_server.url,
+        CONVEYOR_S3_ENDPOINT=s3_server.endpoint,
+        CONVEYOR_S3_ACCESS_KEY=s3_server.access_key,
+        CONVEYOR_S3_SECRET_KEY=s3_server.secret_key,
+        CONVEYOR_S3_BUCKET=s3_server.bucket,
+        CONVEYOR_INGEST_ALLOWED_HOSTS="127.0.0.1",
+    )
+    worker = start_worker(env, queue=driver.queue, log_dir=tmp_path)
     try:
         terminal = await wait_for_terminal(driver.redis, driver.queue, {job_id}, 120)
         assert terminal == {job_id: ["job.succeeded"]}, worker.log_tail()
