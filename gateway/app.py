@@ -25,10 +25,6 @@ from schemas.settings import Settings
 
 log = logging.getLogger("conveyor.gateway")
 
-# Per job and client, at most one `job.progress` per this interval (see gateway.throttle).
-PROGRESS_INTERVAL_S = 0.2
-
-
 def _redis(settings: Settings, read_timeout_s: float) -> Redis:
     if not settings.redis_url:
         raise RuntimeError("CONVEYOR_REDIS_URL is not set")
@@ -60,9 +56,7 @@ def create_app(settings: Settings) -> FastAPI:
             tokens=EventTokens.from_settings(settings),
             metrics=metrics,
             job_types=known_job_types(settings),
-            progress_interval_s=float(
-                getattr(settings, "sse_progress_interval_s", PROGRESS_INTERVAL_S)
-            ),
+            progress_interval_s=settings.sse_progress_interval_s,
         )
         if not settings.token_secret:
             log.info("CONVEYOR_TOKEN_SECRET unset: event tokens are valid on this process only")
