@@ -16,10 +16,9 @@ import socket
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Self
 
-from conveyor.process import ManagedProcess, free_port, wait_until
+from conveyor.process import EmbeddedServer, ManagedProcess, free_port, wait_until
 
 __all__ = ["EmbeddedRedis", "EmbeddedRedisError", "find_redis_server"]
 
@@ -62,7 +61,7 @@ def _answers_ping(host: str, port: int) -> bool:
         return False
 
 
-class EmbeddedRedis:
+class EmbeddedRedis(EmbeddedServer):
     """One `redis-server` bound to `host`, keeping its AOF and log in `data_dir`.
 
     `start()` may be called again after `stop()` or `kill()`: it reuses the same port and
@@ -214,17 +213,6 @@ class EmbeddedRedis:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "running" if self.alive() else "stopped"

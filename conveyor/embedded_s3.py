@@ -22,9 +22,9 @@ import socket
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
-from conveyor.process import ManagedProcess, free_port, port_open
+from conveyor.process import EmbeddedServer, ManagedProcess, free_port, port_open
 
 # The TCP servers of `weed mini`, each with the flag that sets its port.
 _PORT_FLAGS = (
@@ -75,7 +75,7 @@ def weed_binary() -> str:
     return found
 
 
-class EmbeddedS3:
+class EmbeddedS3(EmbeddedServer):
     """One `weed mini` process serving S3 on `host:port`, with `bucket` created."""
 
     def __init__(
@@ -121,7 +121,7 @@ class EmbeddedS3:
     def alive(self) -> bool:
         return self._process is not None and self._process.alive()
 
-    def start(self) -> EmbeddedS3:
+    def start(self) -> Self:
         """Start weed and return once the S3 API answers and the bucket exists.
 
         Restarting a stopped (or killed) instance reuses its ports and data, so clients
@@ -160,17 +160,6 @@ class EmbeddedS3:
             return
         self._process.stop(grace_s=0)
         self._after_exit()
-
-    def __enter__(self) -> EmbeddedS3:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "running" if self.alive() else "stopped"

@@ -13,6 +13,8 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -114,3 +116,24 @@ class ManagedProcess:
         state = "running" if self.alive() else "stopped"
         pid = self.proc.pid if self.proc else None
         return f"<ManagedProcess {self.name} pid={pid} {state}>"
+
+
+class EmbeddedServer:
+    """A server this process starts and must stop, usable as `with Server(...) as server:`."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
