@@ -226,6 +226,7 @@ class Storage:
             cert_reqs="CERT_REQUIRED",
             ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
         )
+
         def client(host: str, tls: bool) -> Minio:
             # With the region given, presigning is pure computation (no location request).
             return Minio(

@@ -537,7 +537,7 @@ class ConveyorWorker(Worker):
         """Run `on_failure` hooks for this queue's failed jobs (see consumers/hooks.py)."""
         if not any(failure_hook(f.coroutine) for f in self._functions()):
             return
-        await self._ensure_group(self.keys.dead, FAILURE_GROUP)
+        await self.producer.ensure_group(self.queue, FAILURE_GROUP)
 
         async def step() -> None:
             # New entries first, then ones a dead consumer left unacknowledged.
@@ -581,11 +581,12 @@ class ConveyorWorker(Worker):
         async def step() -> None:
             seen = await self.pool.hgetall(self.keys.consumer_seen())  # type: ignore[misc]
             cutoff_ms = (time.time() - self.settings.consumer_idle_cleanup_s) * 1000
-            for group in (CONSUMER_GROUP, FAILURE_GROUP):
+            for stream, group in (
+                (self.keys.jobs, CONSUMER_GROUP),
+                (self.keys.dead, FAILURE_GROUP),
+            ):
                 try:
-                    consumers = await self.pool.xinfo_consumers(
-                        self.keys.jobs if group == CONSUMER_GROUP else self.keys.dead, group
-                    )
+                    consumers = await self.pool.xinfo_consumers(stream, group)
                 except ResponseError:  # no such group (yet)
                     continue
                 for consumer in consumers:
@@ -593,7 +594,6 @@ class ConveyorWorker(Worker):
                     if name == self.consumer or consumer["pending"]:
                         continue
                     if int(seen.get(name, 0)) < cutoff_ms:
-                        stream = self.keys.jobs if group == CONSUMER_GROUP else self.keys.dead
                         async with self.pool.pipeline(transaction=True) as tx:
                             tx.xgroup_delconsumer(stream, group, name)
                             tx.hdel(self.keys.consumer_seen(), name)
@@ -604,13 +604,6 @@ class ConveyorWorker(Worker):
 
     def _functions(self) -> list[Function]:
         return [f for f in self.functions.values() if isinstance(f, Function)]
-
-    async def _ensure_group(self, stream: str, group: str) -> None:
-        try:
-            await self.pool.xgroup_create(stream, group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
 
     # --- arq hooks ---------------------------------------------------------------------------
 

@@ -95,42 +95,28 @@ async def _inspect(settings: Settings, queue: str) -> int:
 async def inspect_lines(redis: aioredis.Redis, keys: QueueKeys, settings: Settings) -> list[str]:
     """What `conveyor inspect` prints; the same facts as the README's redis-cli commands."""
     now_ms = int(time.time() * 1000)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.xlen(keys.jobs)
-        pipe.zcard(keys.delayed)
-        pipe.zrange(keys.delayed, 0, 0, withscores=True)
-        pipe.xlen(keys.dead)
-        pipe.xlen(keys.events)
-        pipe.hgetall(keys.consumer_seen())
-        length, delayed, next_due, dead, events, seen = await pipe.execute()
+    stats = await Producer(redis, settings).stats(keys.queue)
+    next_due = stats.next_due_ms
     lines = [
         f"queue {keys.queue!r}  ({keys.jobs})",
-        f"  stream entries   {length}  (undelivered + pending; finished entries are deleted)",
-        f"  delayed          {delayed}"
-        + (f"  (next due in {(next_due[0][1] - now_ms) / 1000:.1f}s)" if next_due else ""),
-        f"  dead-lettered    {dead}  ({keys.dead})",
-        f"  events           {events}  ({keys.events}, capped near {settings.events_maxlen})",
+        f"  stream entries   {stats.length}  (undelivered + pending; finished entries are deleted)",
+        f"  delayed          {stats.delayed}"
+        + (f"  (next due in {(next_due - now_ms) / 1000:.1f}s)" if next_due is not None else ""),
+        f"  dead-lettered    {stats.dead}  ({keys.dead})",
+        f"  events           {stats.events}  ({keys.events}, capped near {settings.events_maxlen})",
     ]
-    try:
-        groups = await redis.xinfo_groups(keys.jobs)
-    except aioredis.ResponseError:
+    if stats.group is None:
         lines.append("  no consumer group yet (no worker has started on this queue)")
         return lines
-    group = next((g for g in groups if g["name"] == CONSUMER_GROUP), None)
-    if group is None:
-        lines.append(f"  no consumer group {CONSUMER_GROUP!r} yet")
-        return lines
     lines.append(
-        # lag = XLEN - pending: exact, as finished entries are deleted (XINFO's lag can be nil)
-        f"  group {CONSUMER_GROUP!r}  pending {group['pending']}"
-        f"  lag {max(0, int(length) - int(group['pending']))}"
-        f"  last delivered {group['last-delivered-id']}"
+        f"  group {CONSUMER_GROUP!r}  pending {stats.pending}  lag {stats.lag}"
+        f"  last delivered {stats.group['last-delivered-id']}"
     )
     consumers = await redis.xinfo_consumers(keys.jobs, CONSUMER_GROUP)
     stale_after_ms = settings.visibility_timeout_s * 3 * 1000
     lines.append(f"  consumers        {len(consumers)}")
     for consumer in sorted(consumers, key=lambda c: c["name"]):
-        last_seen = int(seen.get(consumer["name"], 0))
+        last_seen = stats.seen_ms.get(consumer["name"], 0)
         age = (now_ms - last_seen) if last_seen else None
         flag = "  NOT SEEN FOR A WHILE" if age is None or age > stale_after_ms else ""
         lines.append(

@@ -25,6 +25,7 @@ from schemas.settings import Settings
 
 log = logging.getLogger("conveyor.gateway")
 
+
 def _redis(settings: Settings, read_timeout_s: float) -> Redis:
     if not settings.redis_url:
         raise RuntimeError("CONVEYOR_REDIS_URL is not set")

@@ -69,6 +69,28 @@ class LeaseState:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueStats:
+    length: int  # entries in the jobs stream: undelivered + pending
+    delayed: int
+    next_due_ms: int | None
+    dead: int
+    events: int
+    seen_ms: dict[str, int]  # consumer -> when it last marked itself alive
+    group: dict[str, Any] | None  # XINFO GROUPS of `workers`; None before the first worker
+
+    @property
+    def pending(self) -> int:
+        return int(self.group["pending"]) if self.group else 0
+
+    @property
+    def lag(self) -> int:
+        """Entries no consumer has read. Finished entries are deleted on ack, so the stream
+        holds exactly the undelivered and the pending ones: exact even where XINFO GROUPS
+        reports lag as nil (it does once the last delivered entry has been deleted)."""
+        return max(0, self.length - self.pending)
+
+
+@dataclass(frozen=True, slots=True)
 class ReclaimReport:
     """What one reclaim pass did: jobs to run now, and entries given up on."""
 
@@ -102,16 +124,42 @@ class Producer:
         k = self.keys(queue)
         return k, k.job(job_id), k.job_events(job_id)
 
-    async def ensure_group(self, queue: str) -> None:
-        """Create the consumer group (and the stream) if missing; start from the beginning so
-        jobs submitted before the first worker existed are not skipped."""
+    async def ensure_group(self, queue: str, group: str = CONSUMER_GROUP) -> None:
+        """Create a consumer group on the queue's jobs stream (or, for `on_failure`, its
+        dead-letter stream) if missing, with the stream. It starts from the beginning so
+        entries added before the first consumer existed are not skipped."""
+        stream = self.keys(queue).jobs if group == CONSUMER_GROUP else self.keys(queue).dead
         try:
-            await self.redis.xgroup_create(
-                self.keys(queue).jobs, CONSUMER_GROUP, id="0", mkstream=True
-            )
+            await self.redis.xgroup_create(stream, group, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+    async def stats(self, queue: str) -> QueueStats:
+        """The queue at a glance, for `/metrics` and `conveyor inspect`: one round trip for
+        the counts, one for the group."""
+        k = self.keys(queue)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(k.jobs)
+            pipe.zcard(k.delayed)
+            pipe.zrange(k.delayed, 0, 0, withscores=True)
+            pipe.xlen(k.dead)
+            pipe.xlen(k.events)
+            pipe.hgetall(k.consumer_seen())
+            length, delayed, next_due, dead, events, seen = await pipe.execute()
+        try:
+            groups = await self.redis.xinfo_groups(k.jobs)
+        except ResponseError:  # no stream yet
+            groups = []
+        return QueueStats(
+            length=int(length),
+            delayed=int(delayed),
+            next_due_ms=int(next_due[0][1]) if next_due else None,
+            dead=int(dead),
+            events=int(events),
+            seen_ms={_s(name): int(ms) for name, ms in seen.items()},
+            group=next((g for g in groups if _s(g["name"]) == CONSUMER_GROUP), None),
+        )
 
     # --- client side: submit, read, cancel, retry ----------------------------------------
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
@@ -14,7 +13,6 @@ from redis.exceptions import RedisError
 
 from gateway.deps import Gateway, GatewayDep
 from gateway.errors import RedisUnavailable, redis_deadline
-from schemas.keys import CONSUMER_GROUP
 
 # Consumers mark themselves seen every 5 s (consumers/worker.py, HEARTBEAT_S): three missed
 # beats and a consumer no longer counts as alive.
@@ -75,26 +73,13 @@ async def metrics(gw: GatewayDep) -> Response:
 
 async def _queue_gauges(gw: Gateway) -> None:
     m = gw.metrics
+    alive_since_ms = (time.time() - ALIVE_WINDOW_S) * 1000
     for queue in gw.settings.queues:
-        k = gw.producer.keys(queue)
-        async with gw.redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(k.jobs)
-            pipe.zcard(k.delayed)
-            pipe.xlen(k.dead)
-            pipe.hvals(k.consumer_seen())
-            length, delayed, dead, seen = await pipe.execute()
-        groups: list[dict[str, Any]] = []
-        with contextlib.suppress(RedisError):  # no stream yet: nothing pending
-            groups = await gw.redis.xinfo_groups(k.jobs)
-        group = next((g for g in groups if g.get("name") == CONSUMER_GROUP), {})
-        m.queue_length.labels(queue).set(length)
-        m.queue_delayed.labels(queue).set(delayed)
-        m.queue_dead.labels(queue).set(dead)
-        pending = int(group.get("pending") or 0)
-        m.queue_pending.labels(queue).set(pending)
-        # Finished entries are deleted on ack, so the stream holds exactly the undelivered and
-        # the pending ones: this is the lag, exact even when XINFO GROUPS reports it as nil
-        # (it does once the last delivered entry has been deleted).
-        m.queue_lag.labels(queue).set(max(0, length - pending))
-        alive_since_ms = (time.time() - ALIVE_WINDOW_S) * 1000
-        m.consumers_alive.labels(queue).set(sum(int(ms) >= alive_since_ms for ms in seen))
+        stats = await gw.producer.stats(queue)
+        m.queue_length.labels(queue).set(stats.length)
+        m.queue_delayed.labels(queue).set(stats.delayed)
+        m.queue_dead.labels(queue).set(stats.dead)
+        m.queue_pending.labels(queue).set(stats.pending)
+        m.queue_lag.labels(queue).set(stats.lag)
+        alive = sum(ms >= alive_since_ms for ms in stats.seen_ms.values())
+        m.consumers_alive.labels(queue).set(alive)
