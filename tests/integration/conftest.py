@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -144,3 +145,26 @@ async def wait_for_event(
                 if fields["event"] == event:
                     return dict(fields)
     raise AssertionError(f"no {event} for job {job_id} within {timeout_s}s")
+
+
+async def until(
+    check: Callable[[], bool | Awaitable[bool]],
+    *,
+    redis: aioredis.Redis,
+    stream: str,
+    timeout_s: float,
+    what: str,
+    pace_ms: int = 200,
+) -> None:
+    """Re-check `check` whenever `stream` gets an entry (or every `pace_ms`) until it holds;
+    fail naming `what` at the deadline. Blocking on the stream paces the loop: no sleeps."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        assert loop.time() < deadline, f"timed out after {timeout_s}s waiting for {what}"
+        await redis.xread({stream: "$"}, block=pace_ms)

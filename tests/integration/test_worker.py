@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,13 @@ import redis.asyncio as aioredis
 from consumers.worker import ConveyorWorker, backoff_ms, connect
 from producer import Producer
 from schemas import JobStatus, Settings
-from tests.integration.conftest import Driver, running, wait_for_event, wait_for_terminal
+from tests.integration.conftest import (
+    Driver,
+    running,
+    until,
+    wait_for_event,
+    wait_for_terminal,
+)
 
 S = JobStatus
 
@@ -32,17 +38,27 @@ def make_worker(settings: Settings, queue_name: str) -> Callable[..., ConveyorWo
     return make
 
 
+@pytest.fixture
+def drain(make_worker: Callable[..., ConveyorWorker]) -> Callable[..., Awaitable[ConveyorWorker]]:
+    async def run(**kwargs: object) -> ConveyorWorker:
+        """A burst worker, run until the queue is empty, then closed."""
+        worker = make_worker(burst=True, **kwargs)
+        await worker.async_run()
+        await worker.close()
+        return worker
+
+    return run
+
+
 async def test_burst_runs_every_job_to_exactly_one_terminal_state(
-    driver: Driver, producer: Producer, make_worker: Callable[..., ConveyorWorker]
+    driver: Driver, producer: Producer, drain: Callable[..., Awaitable[ConveyorWorker]]
 ) -> None:
     from schemas import SubmitRequest
 
     ids = await producer.submit_many(
         [SubmitRequest(type="noop", queue=driver.queue, payload={"i": i}) for i in range(3000)]
     )
-    worker = make_worker(burst=True, concurrency=64)
-    await worker.async_run()
-    await worker.close()
+    await drain(concurrency=64)
     terminal = await wait_for_terminal(driver.redis, driver.queue, set(ids), 10)
     assert all(events == ["job.succeeded"] for events in terminal.values())
     keys = producer.keys(driver.queue)
@@ -54,12 +70,10 @@ async def test_burst_runs_every_job_to_exactly_one_terminal_state(
 
 
 async def test_retry_with_backoff_then_success(
-    driver: Driver, producer: Producer, make_worker: Callable[..., ConveyorWorker]
+    driver: Driver, producer: Producer, drain: Callable[..., Awaitable[ConveyorWorker]]
 ) -> None:
     job_id = await driver.submit("sleep", payload={"seconds": 0.01, "fail_attempts": 2})
-    worker = make_worker(burst=True)
-    await worker.async_run()
-    await worker.close()
+    await drain()
     job = await producer.get(driver.queue, job_id)
     assert job is not None and job.status is S.SUCCEEDED and job.attempt == 3
     types = await driver.event_types(job_id)
@@ -67,14 +81,12 @@ async def test_retry_with_backoff_then_success(
 
 
 async def test_retry_exhausted_fails_and_dead_letters(
-    driver: Driver, producer: Producer, make_worker: Callable[..., ConveyorWorker]
+    driver: Driver, producer: Producer, drain: Callable[..., Awaitable[ConveyorWorker]]
 ) -> None:
     job_id = await driver.submit(
         "sleep", payload={"seconds": 0, "fail_attempts": 99}, max_attempts=3
     )
-    worker = make_worker(burst=True)
-    await worker.async_run()
-    await worker.close()
+    await drain()
     job = await producer.get(driver.queue, job_id)
     assert job is not None and job.status is S.FAILED and job.attempt == 3
     dead = await driver.redis.xrange(producer.keys(driver.queue).dead)
@@ -83,37 +95,31 @@ async def test_retry_exhausted_fails_and_dead_letters(
 
 
 async def test_declared_max_tries_and_timeout_apply(
-    driver: Driver, producer: Producer, make_worker: Callable[..., ConveyorWorker]
+    driver: Driver, producer: Producer, drain: Callable[..., Awaitable[ConveyorWorker]]
 ) -> None:
     """`short_timeout` is declared with timeout=0.3 and max_tries=2 (tests/handlers.py)."""
     job_id = await driver.submit("short_timeout", payload={"seconds": 30})
-    worker = make_worker(burst=True)
-    await worker.async_run()
-    await worker.close()
+    await drain()
     job = await producer.get(driver.queue, job_id)
     assert job is not None and job.status is S.FAILED and job.attempt == 2
     assert job.error == "TimeoutError: timed out after 0.3s"
 
 
 async def test_permanent_error_is_not_retried(
-    driver: Driver, producer: Producer, make_worker: Callable[..., ConveyorWorker]
+    driver: Driver, producer: Producer, drain: Callable[..., Awaitable[ConveyorWorker]]
 ) -> None:
     job_id = await driver.submit("permanent", payload={"reason": "no such file"})
-    worker = make_worker(burst=True)
-    await worker.async_run()
-    await worker.close()
+    await drain()
     job = await producer.get(driver.queue, job_id)
     assert job is not None and job.status is S.FAILED and job.attempt == 1
     assert job.error == "PermanentError: no such file"
 
 
 async def test_arq_retry_defer_is_honoured(
-    driver: Driver, producer: Producer, make_worker: Callable[..., ConveyorWorker]
+    driver: Driver, producer: Producer, drain: Callable[..., Awaitable[ConveyorWorker]]
 ) -> None:
     job_id = await driver.submit("flaky", payload={"fail_attempts": 1, "defer_s": 0.2})
-    worker = make_worker(burst=True)
-    await worker.async_run()
-    await worker.close()
+    await drain()
     events = await producer.events(driver.queue, job_id)
     retrying = next(e for e in events if e.event.value == "job.retrying")
     assert retrying.data["delay_ms"] == 200
@@ -121,12 +127,10 @@ async def test_arq_retry_defer_is_honoured(
 
 
 async def test_unknown_type_fails_clearly(
-    driver: Driver, producer: Producer, make_worker: Callable[..., ConveyorWorker]
+    driver: Driver, producer: Producer, drain: Callable[..., Awaitable[ConveyorWorker]]
 ) -> None:
     job_id = await driver.submit("not_registered")
-    worker = make_worker(burst=True)
-    await worker.async_run()
-    await worker.close()
+    await drain()
     job = await producer.get(driver.queue, job_id)
     assert job is not None and job.status is S.FAILED
     assert "no handler for job type 'not_registered'" in (job.error or "")
@@ -155,16 +159,14 @@ async def test_cancel_running_job_stops_handler_within_a_second(
 async def test_cancelled_before_start_never_runs(
     driver: Driver,
     producer: Producer,
-    make_worker: Callable[..., ConveyorWorker],
+    drain: Callable[..., Awaitable[ConveyorWorker]],
     tmp_path: Path,
     delay_s: float,
 ) -> None:
     log = tmp_path / "runs"
     job_id = await driver.submit("record", payload={"path": str(log)}, delay_s=delay_s)
     assert await producer.cancel(driver.queue, job_id) == "cancelled"
-    worker = make_worker(burst=True)
-    await worker.async_run()
-    await worker.close()
+    await drain()
     assert not log.exists()
     assert await driver.event_types(job_id) == [
         "job.scheduled" if delay_s else "job.queued",
@@ -203,11 +205,9 @@ def test_backoff_is_exponential_with_full_jitter() -> None:
 
 
 async def test_consumer_records_when_it_was_last_seen(
-    driver: Driver, make_worker: Callable[..., ConveyorWorker], redis: aioredis.Redis
+    driver: Driver, drain: Callable[..., Awaitable[ConveyorWorker]], redis: aioredis.Redis
 ) -> None:
-    worker = make_worker(burst=True, name="seen-me")
-    await worker.async_run()
-    await worker.close()
+    await drain(name="seen-me")
     seen = await redis.hgetall(driver.producer.keys(driver.queue).consumer_seen())
     assert "seen-me" in seen
 
@@ -220,19 +220,17 @@ async def test_on_failure_hook_runs_once_per_failed_job(
     succeeded = await driver.submit("noop")
     async with running(make_worker()), running(make_worker()):  # two consumers compete
         await wait_for_terminal(driver.redis, driver.queue, {*failed, succeeded}, 10)
-        deadline = asyncio.get_running_loop().time() + 10
-        while len(lines := refunds.read_text().splitlines() if refunds.exists() else []) < 5:
-            assert asyncio.get_running_loop().time() < deadline, lines
-            await wait_for_acks(driver)
+        await until(
+            lambda: refunds.exists() and len(refunds.read_text().splitlines()) >= 5,
+            redis=driver.redis,
+            stream=driver.producer.keys(driver.queue).dead,
+            timeout_s=10,
+            what="five refunds",
+            pace_ms=1000,
+        )
+    lines = refunds.read_text().splitlines()
     assert sorted(line.split()[0] for line in lines) == sorted(failed)  # once each, no more
     assert all(line.split()[1] == "failed" for line in lines)
-
-
-async def wait_for_acks(driver: Driver) -> None:
-    """Block until the dead-letter stream gets a new entry or a second passes: the hook's
-    consumers ack as they go, so this paces the check without a bare sleep."""
-    dead = driver.producer.keys(driver.queue).dead
-    await driver.redis.xread({dead: "$"}, block=1000)
 
 
 async def test_consumers_gone_for_long_with_nothing_pending_are_removed(
@@ -246,8 +244,17 @@ async def test_consumers_gone_for_long_with_nothing_pending_are_removed(
     settings = settings_factory(handlers="tests.handlers", consumer_idle_cleanup_s=0.05)
     worker = ConveyorWorker(settings, connect(settings), queue=driver.queue, handle_signals=False)
     async with running(worker):
-        deadline = asyncio.get_running_loop().time() + 10
-        while "ghost" in {c["name"] for c in await redis.xinfo_consumers(keys.jobs, "workers")}:
-            assert asyncio.get_running_loop().time() < deadline
-            await redis.xread({keys.events: "$"}, block=100)  # pacing, bounded
+
+        async def ghost_gone() -> bool:
+            consumers = await redis.xinfo_consumers(keys.jobs, "workers")
+            return "ghost" not in {c["name"] for c in consumers}
+
+        await until(
+            ghost_gone,
+            redis=redis,
+            stream=keys.events,
+            timeout_s=10,
+            what="ghost's removal",
+            pace_ms=100,
+        )
     assert not await redis.hexists(keys.consumer_seen(), "ghost")

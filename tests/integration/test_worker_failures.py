@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -16,7 +15,7 @@ from conveyor.process import ManagedProcess
 from producer import Producer
 from schemas import JobStatus
 from tests.fixtures.processes import REPO, conveyor_env, start_worker
-from tests.integration.conftest import Driver, wait_for_event, wait_for_terminal
+from tests.integration.conftest import Driver, until, wait_for_event, wait_for_terminal
 
 FAST = {
     "CONVEYOR_VISIBILITY_TIMEOUT_S": "1",
@@ -159,13 +158,12 @@ async def test_on_failure_runs_once_for_a_job_dead_lettered_by_reclaim(
         spawn_worker(f"w{i}")
     await wait_for_event(driver.redis, driver.queue, job_id, "job.failed", 60)
     dead = driver.producer.keys(driver.queue).dead
-    deadline = asyncio.get_running_loop().time() + 15
-    while not refunds.exists():
-        assert asyncio.get_running_loop().time() < deadline, "the hook never ran"
-        await driver.redis.xread({dead: "$"}, block=200)  # pacing, bounded
-    # Give a second consumer every chance to run it again: all entries acknowledged.
-    while (await driver.redis.xpending(dead, "on_failure"))["pending"]:
-        assert asyncio.get_running_loop().time() < deadline
-        await driver.redis.xread({dead: "$"}, block=200)
+
+    async def hook_ran_and_acked() -> bool:
+        # Acknowledged too: a second consumer had every chance to run it again.
+        pending = (await driver.redis.xpending(dead, "on_failure"))["pending"]
+        return refunds.exists() and not pending
+
+    await until(hook_ran_and_acked, redis=driver.redis, stream=dead, timeout_s=15, what="the hook")
     (line,) = refunds.read_text().splitlines()
     assert line.startswith(f"{job_id} failed delivered 3 times")
