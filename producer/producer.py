@@ -338,7 +338,8 @@ class Producer:
         async with self.redis.pipeline(transaction=False) as pipe:
             for delivery, result, artifacts in outcomes:
                 k, job_key, job_events_key = self._job_keys(delivery.queue, delivery.job_id)
-                artifact_list = [a.model_dump() for a in artifacts]
+                result_json = dumps(result)
+                artifacts_json = dumps([a.model_dump() for a in artifacts])
                 await self.scripts.run(
                     "succeed",
                     keys=[k.jobs, k.events, job_key, job_events_key],
@@ -346,9 +347,11 @@ class Producer:
                         *self._config,
                         delivery.entry_id,
                         delivery.attempt,
-                        dumps(result),
-                        dumps(artifact_list),
-                        dumps({"result": result, "artifacts": artifact_list}),
+                        result_json,
+                        artifacts_json,
+                        # The event's data, from the JSON already made: a result is
+                        # serialised once, however large.
+                        f'{{"result":{result_json},"artifacts":{artifacts_json}}}',
                     ],
                     client=pipe,
                 )
