@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import uvicorn
 from fastapi import FastAPI
 
@@ -12,17 +14,36 @@ from schemas.settings import Settings
 GRACEFUL_SHUTDOWN_S = 5
 
 
+def listening_socket(host: str, port: int, send_buffer_bytes: int) -> socket.socket:
+    """The gateway's listening socket, made here rather than by uvicorn so that every
+    connection inherits a fixed kernel send buffer. Live SSE events are written straight
+    into the connection (gateway.subscriber), so a client that stops reading fills that
+    buffer and uvicorn's 64 KiB and is then dropped: a small fixed buffer drops it soon and
+    bounds what it pins, where autotuning would let each one hold up to tcp_wmem (4 MiB)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def serve(settings: Settings) -> None:
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
-        host=settings.host,
-        port=settings.port,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         proxy_headers=True,
         # Logging is configured by the caller (`conveyor gateway`: JSON lines, see
         # conveyor/logs.py); uvicorn's records propagate to it instead of its own handlers.
         log_config=None,
     )
+    sock = listening_socket(settings.host, settings.port, settings.sse_send_buffer_bytes)
+    with sock:
+        uvicorn.Server(config).run(sockets=[sock])
 
 
 def app_from_env() -> FastAPI:

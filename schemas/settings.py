@@ -52,8 +52,12 @@ class Settings(BaseSettings):
     redis_timeout_s: float = 2.0
     sse_ping_s: float = 15.0
     sse_retry_ms: int = 5000
+    # Events held for an SSE response while it reads its snapshot or replay from Redis.
     sse_subscriber_buffer: int = 1000
-    # Per job and client, at most one job.progress event per this interval (coalesced).
+    # Kernel send buffer of each gateway connection (`conveyor gateway`): what an SSE client
+    # that stopped reading may hold before it is dropped, besides uvicorn's 64 KiB.
+    sse_send_buffer_bytes: int = 128 * 1024
+    # Per job, at most one job.progress event per this interval goes to clients (coalesced).
     sse_progress_interval_s: float = 0.2
     presign_ttl_s: int = 300
 
