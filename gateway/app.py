@@ -57,7 +57,6 @@ def create_app(settings: Settings) -> FastAPI:
             tokens=EventTokens.from_settings(settings),
             metrics=metrics,
             job_types=known_job_types(settings),
-            progress_interval_s=settings.sse_progress_interval_s,
         )
         if not settings.token_secret:
             log.info("CONVEYOR_TOKEN_SECRET unset: event tokens are valid on this process only")

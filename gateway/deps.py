@@ -28,7 +28,6 @@ class Gateway:
     tokens: EventTokens
     metrics: Metrics
     job_types: frozenset[str]
-    progress_interval_s: float
 
 
 def get_gateway(request: Request) -> Gateway:

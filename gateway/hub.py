@@ -5,21 +5,21 @@ Concurrency::
     Redis  conveyor:{q}:events  (one stream per configured queue)
        │  XREAD BLOCK, from the streams' tails at startup, then from the last id read
        ▼
-    Hub._run  ── one task per process; reconnects by itself after Redis errors
-       │  Event.from_entry, then for each event:
+    Hub._run  ── one task per process; reconnects by itself after Redis errors; also
+       │  pings every live subscriber every `sse_ping_s` (no ping task per connection)
+       │  Event.from_entry; progress throttled per job (a timer sends the held one);
+       │  each event parsed and encoded once (Outgoing), then offered to
        │    subscribers of that job id          (per-job SSE)
        │    subscribers of that tenant, filtered (firehose SSE)
-       │  push() never blocks: a full buffer disconnects that subscriber
        ▼
-    Subscriber  ── bounded deque (settings.sse_subscriber_buffer) + wake-up event
-       │
+    Subscriber (gateway.subscriber) ── never blocks the hub:
+       catching up: a bounded buffer; overflow drops the subscriber
+       live: the frame is written straight into the connection; a write that would wait
+             (the client stopped reading) drops the subscriber
        ▼
-    response generator (gateway.streams) ── one per HTTP response: snapshot or replay first,
-       then `await subscriber.next()`, drop ids already sent, throttle progress, yield
-       ▼
-    EventSourceResponse ── writes to the socket; a slow socket stalls only its own
-       generator, whose buffer then fills, and the hub drops it (the client resumes with
-       Last-Event-ID: memory stays bounded and nothing is lost)
+    response (gateway.streams + routes/events.py) ── sends the snapshot or replay, hands
+       the subscriber its connection, and ends when the subscriber closes. A dropped client
+       resumes with Last-Event-ID: memory stays bounded and nothing is lost.
 
 A browser costs no Redis connection. When the reader finds it fell behind the events stream's
 cap (entries after its position were trimmed before it read them), it refills each affected
@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -43,6 +42,8 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from gateway.metrics import Metrics
+from gateway.subscriber import Outgoing, Subscriber, parse_id
+from gateway.throttle import ProgressThrottle
 from schemas.keys import QueueKeys
 from schemas.models import Event
 from schemas.settings import Settings
@@ -52,115 +53,9 @@ log = logging.getLogger("conveyor.gateway.hub")
 BATCH = 500
 BLOCK_MS = 1000
 BACKOFF_MAX_S = 2.0
-
-
-def parse_id(entry_id: str) -> tuple[int, int]:
-    """A stream id as a comparable pair. Raises ValueError for anything else."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def is_stream_id(text: str) -> bool:
-    try:
-        parse_id(text)
-    except ValueError:
-        return False
-    return True
-
-
-class SubscriberClosed(Exception):
-    """The subscriber was dropped (too slow) or the hub stopped: end the response."""
-
-
-class Subscriber:
-    """One response's inbox. Filled by the hub without ever blocking it."""
-
-    __slots__ = (
-        "_items",
-        "_wakeup",
-        "closed",
-        "dropped",
-        "event_types",
-        "job_id",
-        "job_types",
-        "maxsize",
-        "queue",
-        "queues",
-        "tenant",
-    )
-
-    def __init__(
-        self,
-        maxsize: int,
-        *,
-        queue: str | None = None,
-        job_id: str | None = None,
-        tenant: str | None = None,
-        queues: frozenset[str] | None = None,
-        job_types: frozenset[str] | None = None,
-        event_types: frozenset[str] | None = None,
-    ) -> None:
-        self.maxsize = maxsize
-        self.queue = queue
-        self.job_id = job_id
-        self.tenant = tenant
-        self.queues = queues
-        self.job_types = job_types
-        self.event_types = event_types
-        self._items: deque[Event] = deque()
-        self._wakeup = asyncio.Event()
-        self.closed = False
-        self.dropped = False
-
-    def matches(self, event: Event) -> bool:
-        return (
-            (self.queues is None or event.queue in self.queues)
-            and (self.job_types is None or event.job_type in self.job_types)
-            and (self.event_types is None or event.event.value in self.event_types)
-        )
-
-    def push(self, event: Event) -> bool:
-        """Queue `event`; False when the buffer was full and the subscriber is now dropped."""
-        if self.closed:
-            return True
-        if len(self._items) >= self.maxsize:
-            self.dropped = True
-            self.close()
-            return False
-        self._items.append(event)
-        self._wakeup.set()
-        return True
-
-    def close(self) -> None:
-        self.closed = True
-        self._items.clear()
-        self._wakeup.set()
-
-    async def next(self, wait_s: float | None = None) -> Event | None:
-        """The next event; None when `wait_s` passed first. Raises SubscriberClosed."""
-        while not self._items:
-            if self.closed:
-                raise SubscriberClosed
-            self._wakeup.clear()
-            if wait_s is None:
-                await self._wakeup.wait()
-            else:
-                try:
-                    async with asyncio.timeout(wait_s):
-                        await self._wakeup.wait()
-                except TimeoutError:
-                    return None
-        if self.closed:
-            raise SubscriberClosed
-        return self._items.popleft()
-
-    async def wait_closed(self) -> None:
-        while not self.closed:
-            self._wakeup.clear()
-            await self._wakeup.wait()
-
-    def __len__(self) -> int:
-        return len(self._items)
+# Live subscribers pinged per turn of the event loop: a ping round over 10,000 clients
+# never holds an event back for more than one slice.
+PING_SLICE = 500
 
 
 class Hub:
@@ -178,6 +73,8 @@ class Hub:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._resolving = asyncio.Lock()
+        self._throttle = ProgressThrottle(settings.sse_progress_interval_s)
+        self._throttle_timer: asyncio.TimerHandle | None = None
         self.ready = asyncio.Event()
         self.dispatched = 0
 
@@ -209,13 +106,14 @@ class Hub:
     def unsubscribe(self, sub: Subscriber) -> None:
         sub.close()
         index, key = (self._jobs, sub.job_id) if sub.job_id else (self._tenants, sub.tenant)
-        if key is None:
+        if key is None or sub not in index.get(key, ()):
             return
-        subs = index.get(key)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del index[key]
+        subs = index[key]
+        if sub.dropped:
+            self.metrics.hub_drops.inc()
+        subs.discard(sub)
+        if not subs:
+            del index[key]
 
     @property
     def subscriber_count(self) -> int:
@@ -224,11 +122,35 @@ class Hub:
     def dispatch(self, event: Event) -> None:
         targets: list[Subscriber] = list(self._jobs.get(event.job_id, ()))
         targets += [s for s in self._tenants.get(event.tenant, ()) if s.matches(event)]
-        for sub in targets:
-            if not sub.push(event):
-                self.metrics.hub_drops.inc()
-                self.unsubscribe(sub)
+        self.dispatch_to(targets, event)
         self.dispatched += 1
+
+    def dispatch_to(self, subs: Iterable[Subscriber], event: Event) -> None:
+        out = Outgoing(event)
+        for sub in list(subs):
+            if not sub.push(out):
+                self.unsubscribe(sub)
+
+    # --- progress throttle: once per job for every client -------------------------------
+
+    def offer(self, event: Event) -> None:
+        """Dispatch `event` through the progress throttle."""
+        for ready in self._throttle.admit(event, time.monotonic()):
+            self.dispatch(ready)
+
+    def _arm_throttle_timer(self) -> None:
+        """Make sure a held progress event goes out when its interval has passed, even if
+        nothing else arrives for its job."""
+        delay = self._throttle.next_due_in(time.monotonic())
+        if delay is None or self._throttle_timer is not None:
+            return
+        self._throttle_timer = asyncio.get_running_loop().call_later(delay, self._send_due)
+
+    def _send_due(self) -> None:
+        self._throttle_timer = None
+        for ready in self._throttle.due(time.monotonic()):
+            self.dispatch(ready)
+        self._arm_throttle_timer()
 
     # --- the reader ---------------------------------------------------------------------
 
@@ -238,6 +160,8 @@ class Hub:
     async def close(self) -> None:
         self._closing = True
         task, self._task = self._task, None
+        if self._throttle_timer is not None:
+            self._throttle_timer.cancel()
         # Cancel until it ends: a cancellation that lands inside redis-py's own socket
         # timeout can come out as a TimeoutError, which the loop would take for a Redis error.
         while task is not None and not task.done():
@@ -246,7 +170,7 @@ class Hub:
         if task is not None and not task.cancelled():
             with contextlib.suppress(Exception):
                 task.result()
-        for subs in [*self._jobs.values(), *self._tenants.values()]:
+        for subs in self._all_subscribers():
             for sub in list(subs):
                 sub.close()
         self._jobs.clear()
@@ -278,7 +202,25 @@ class Hub:
     async def _run(self) -> None:
         # One blocking reader per group: on a cluster, a quiet queue's XREAD BLOCK must not
         # hold back the events of a queue on another slot.
-        await asyncio.gather(*(self._read_loop(group) for group in self.stream_groups()))
+        await asyncio.gather(
+            self._ping_loop(), *(self._read_loop(group) for group in self.stream_groups())
+        )
+
+    async def _ping_loop(self) -> None:
+        """Comment pings every `sse_ping_s` keep idle connections open through proxies, and
+        find clients that stopped reading on quiet streams. One loop for every live
+        subscriber, rather than a task per connection."""
+        while not self._closing:
+            await asyncio.sleep(self.settings.sse_ping_s)  # a period, not a wait for work
+            live = [sub for subs in self._all_subscribers() for sub in subs if sub.live]
+            for start in range(0, len(live), PING_SLICE):
+                for sub in live[start : start + PING_SLICE]:
+                    if not sub.ping():
+                        self.unsubscribe(sub)
+                await asyncio.sleep(0)
+
+    def _all_subscribers(self) -> list[set[Subscriber]]:
+        return [*self._jobs.values(), *self._tenants.values()]
 
     async def _read_loop(self, streams: list[str]) -> None:
         backoff = 0.05
@@ -332,12 +274,13 @@ class Hub:
             now_ms = time.time() * 1000
             for entry_id, fields in entries:
                 event = Event.from_entry(entry_id, fields)
-                self.dispatch(event)
+                self.offer(event)
                 self.positions[stream] = entry_id
                 self.metrics.hub_lag.set(max(0.0, now_ms - event.ts) / 1000)
             self.metrics.hub_events.inc(len(entries))
             self.metrics.hub_dispatch.observe(time.perf_counter() - started)
             total += len(entries)
+        self._arm_throttle_timer()
         return total
 
     async def _refill_if_trimmed(self, stream: str, first_read: str) -> None:
@@ -367,9 +310,3 @@ class Hub:
                 if sub.queues is None or queue in sub.queues:
                     sub.dropped = True
                     self.unsubscribe(sub)
-
-    def dispatch_to(self, subs: Iterable[Subscriber], event: Event) -> None:
-        for sub in list(subs):
-            if not sub.push(event):
-                self.metrics.hub_drops.inc()
-                self.unsubscribe(sub)

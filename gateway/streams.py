@@ -1,34 +1,27 @@
-"""The SSE streams: what one response sends, in order. Subscribing happens before any read
-(the caller passes a registered subscriber), so an event is either in what we read from
-Redis or in the subscriber's buffer, and `last id sent` removes the overlap: no gap, no
-repeat, ids strictly increasing.
+"""The SSE streams' catch-up: what a response sends from Redis before it goes live.
+
+The caller subscribes first, then reads (the snapshot, or the replay after Last-Event-ID).
+An event that lands in between is both in what we read and in the subscriber's buffer; the
+subscriber's `SentIds` sends it once. So there is no gap and no repeat, and ids strictly
+increase. When the catch-up finds the stream already complete (the job has ended) it closes
+the subscriber: there is no live phase.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from sse_starlette.event import ServerSentEvent
 
-from gateway.hub import Subscriber, SubscriberClosed, parse_id
-from gateway.throttle import ProgressThrottle
+from gateway.subscriber import Subscriber, event_message, parse_id
 from producer import Producer
 from schemas.keys import QueueKeys
 from schemas.models import Event, Job
 
 REPLAY_PAGE = 500
 SNAPSHOT_EVENT = "snapshot"
-
-
-def event_message(event: Event, *, with_id: bool = True) -> ServerSentEvent:
-    return ServerSentEvent(
-        data=event.model_dump_json(),
-        event=event.event.value,
-        id=event.id if with_id else None,
-    )
 
 
 def snapshot_message(job: Job) -> ServerSentEvent:
@@ -43,11 +36,9 @@ async def job_stream(
     *,
     last_event_id: str | None,
     retry_ms: int,
-    progress_interval_s: float,
 ) -> AsyncIterator[ServerSentEvent]:
-    """`snapshot` (or the replay after `last_event_id`), then live events, until terminal."""
+    """`snapshot` (or the replay after `last_event_id`); the live events follow."""
     yield ServerSentEvent(retry=retry_ms)
-    last: tuple[int, int] | None = None
     replayed = False
     if last_event_id is not None:
         stream = producer.keys(queue).job_events(job_id)
@@ -57,49 +48,28 @@ async def job_stream(
         replayed = bool(head) and parse_id(head[0][0]) <= parse_id(last_event_id)
     if replayed:
         assert last_event_id is not None
-        last = parse_id(last_event_id)
+        sub.sent.mark([queue], parse_id(last_event_id))
         after = last_event_id
         while True:
             page = await producer.events(queue, job_id, after=after, count=REPLAY_PAGE)
             for event in page:
+                sub.sent.admit(queue, parse_id(event.id))
                 yield event_message(event)
-                last = parse_id(event.id)
                 if event.event.is_terminal:
+                    sub.close()
                     return
             if len(page) < REPLAY_PAGE:
-                break
+                return
             after = page[-1].id
-    else:
-        job = await producer.get(queue, job_id)
-        if job is None:
-            return
-        yield snapshot_message(job)
-        if job.last_event_id:
-            last = parse_id(job.last_event_id)
-        if job.status.is_terminal:
-            return
-    throttle = ProgressThrottle(progress_interval_s)
-    async for event in _live(sub, throttle):
-        key = parse_id(event.id)
-        if last is not None and key <= last:
-            continue
-        last = key
-        yield event_message(event)
-        if event.event.is_terminal:
-            return
-
-
-async def _live(sub: Subscriber, throttle: ProgressThrottle) -> AsyncIterator[Event]:
-    """The subscriber's events through the progress throttle; ends when it is closed."""
-    while True:
-        try:
-            event = await sub.next(throttle.next_due_in(time.monotonic()))
-        except SubscriberClosed:
-            return
-        now = time.monotonic()
-        out = throttle.due(now) if event is None else throttle.admit(event, now)
-        for item in out:
-            yield item
+    job = await producer.get(queue, job_id)
+    if job is None:
+        sub.close()
+        return
+    yield snapshot_message(job)
+    if job.last_event_id:
+        sub.sent.mark([queue], parse_id(job.last_event_id))
+    if job.status.is_terminal:
+        sub.close()
 
 
 async def firehose_stream(
@@ -109,45 +79,19 @@ async def firehose_stream(
     *,
     last_event_id: str | None,
     retry_ms: int,
-    progress_interval_s: float,
 ) -> AsyncIterator[ServerSentEvent]:
-    """The tenant's events across `keys`' queues, after `last_event_id` when given.
-
-    Ids are per queue stream; the client's Last-Event-ID must only grow, so an event whose
-    id is not above the highest sent (another queue's, or a held progress) goes out without
-    an `id:` line and the client's resume point stays where it was.
-    """
+    """The tenant's events across `keys`' queues after `last_event_id`, when given; the
+    live events follow. An event whose id is not above the highest sent (another queue's)
+    goes out without an `id:` line, so the client's resume point stays where it was."""
     yield ServerSentEvent(retry=retry_ms)
-    sent: dict[str, tuple[int, int]] = {}
-    highest: tuple[int, int] | None = None
-
-    def message(event: Event) -> ServerSentEvent | None:
-        nonlocal highest
-        key = parse_id(event.id)
-        seen = sent.get(event.queue)
-        if seen is not None and key <= seen:
-            return None
-        sent[event.queue] = key
-        fresh = highest is None or key > highest
-        if fresh:
-            highest = key
-        return event_message(event, with_id=fresh)
-
-    if last_event_id is not None:
-        start = parse_id(last_event_id)
-        highest = start
-        for k in keys:
-            sent[k.queue] = start
-        async for event in _replay_merged(redis, keys, last_event_id):
-            if sub.matches(event) and event.tenant == sub.tenant:
-                msg = message(event)
-                if msg is not None:
-                    yield msg
-    throttle = ProgressThrottle(progress_interval_s)
-    async for event in _live(sub, throttle):
-        msg = message(event)
-        if msg is not None:
-            yield msg
+    if last_event_id is None:
+        return
+    sub.sent.mark([k.queue for k in keys], parse_id(last_event_id))
+    async for event in _replay_merged(redis, keys, last_event_id):
+        if sub.matches(event) and event.tenant == sub.tenant:
+            with_id = sub.sent.admit(event.queue, parse_id(event.id))
+            if with_id is not None:
+                yield event_message(event, with_id=with_id)
 
 
 async def _replay_merged(

@@ -14,9 +14,9 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.access import own_job
 from gateway.deps import FirehoseTenant, Gateway, GatewayDep, JobEventsTenant
-from gateway.hub import Subscriber, is_stream_id
 from gateway.routes.jobs import ERRORS
 from gateway.streams import firehose_stream, job_stream
+from gateway.subscriber import Subscriber, Write, direct_writer, is_stream_id
 
 router = APIRouter(tags=["events"])
 
@@ -38,18 +38,31 @@ LastEventIdQuery = Annotated[
 
 
 class HubEventSourceResponse(EventSourceResponse):
-    """An SSE response tied to a hub subscriber: unsubscribed however it ends, and cut off
-    when the hub dropped it but the generator is stuck on a client that stopped reading."""
+    """An SSE response tied to a hub subscriber: it sends the catch-up read from Redis, then
+    hands the subscriber its connection (the hub writes live events from then on) and ends
+    when the subscriber closes. Unsubscribed however it ends, and cut off when the hub
+    dropped it but the last write is stuck on a client that stopped reading."""
 
     def __init__(
-        self, content: AsyncIterator[ServerSentEvent], gw: Gateway, sub: Subscriber, kind: str
+        self, catch_up: AsyncIterator[ServerSentEvent], gw: Gateway, sub: Subscriber, kind: str
     ) -> None:
-        super().__init__(content, ping=gw.settings.sse_ping_s)
+        # Pings come from the hub (one loop for every connection), not a task per response.
+        super().__init__(self._stream(catch_up), ping=0)
         self.gw = gw
         self.sub = sub
         self.kind = kind
+        self._write: Write | None = None
+
+    async def _stream(self, catch_up: AsyncIterator[ServerSentEvent]) -> AsyncIterator[Any]:
+        async for message in catch_up:
+            yield message
+        # Everything yielded so far has been sent: the hub can write after it.
+        assert self._write is not None
+        self.sub.go_live(self._write)
+        await self.sub.wait_closed()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._write = direct_writer(send)
         gauge = self.gw.metrics.sse_connections.labels(self.kind)
         gauge.inc()
         try:
@@ -102,7 +115,6 @@ async def job_events(
         job.id,
         last_event_id=_resume_id(last_event_id_header, last_event_id),
         retry_ms=gw.settings.sse_retry_ms,
-        progress_interval_s=gw.progress_interval_s,
     )
     return HubEventSourceResponse(content, gw, sub, "job")
 
@@ -131,6 +143,5 @@ async def firehose(
         keys,
         last_event_id=_resume_id(last_event_id_header, last_event_id),
         retry_ms=settings.sse_retry_ms,
-        progress_interval_s=gw.progress_interval_s,
     )
     return HubEventSourceResponse(content, gw, sub, "firehose")

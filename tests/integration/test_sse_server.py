@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 
 A = {"Authorization": "Bearer key-a"}
 B = {"Authorization": "Bearer key-b"}
-BUFFER = 8  # each client's hub buffer, small so a stalled client is dropped soon
+BUFFER = 8  # what the hub holds for a client still catching up
 DEADLINE_S = 10.0
 
 
@@ -57,8 +57,9 @@ def gateway(
         CONVEYOR_TOKEN_SECRET="sse-test-secret",
         CONVEYOR_SSE_SUBSCRIBER_BUFFER=str(BUFFER),
         CONVEYOR_SSE_PING_S="1",
+        CONVEYOR_LOG_LEVEL="WARNING",
     )
-    process = start_gateway(env, port=port, log_dir=workdir, uvicorn_log_level="warning")
+    process = start_gateway(env, port=port, log_dir=workdir)  # `conveyor gateway`, as deployed
     try:
         yield Gateway(f"http://127.0.0.1:{port}", queue, process)
     finally:
@@ -318,7 +319,8 @@ async def test_a_stalled_client_is_dropped_with_bounded_memory_and_resumes_lossl
     first = await loop.sock_recv(sock, 4096)  # headers and the retry block; then stop reading
     assert b" 200 " in first.split(b"\r\n")[0]
 
-    # Far more than the socket buffers and the hub buffer hold; payloads make events large.
+    # Far more than the connection's send buffer (CONVEYOR_SSE_SEND_BUFFER_BYTES) and
+    # uvicorn's 64 KiB hold.
     job_ids: list[str] = []
     for _ in range(6):
         batch = [SubmitRequest(type="noop", queue=gateway.queue)] * 500
