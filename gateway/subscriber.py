@@ -38,10 +38,6 @@ Write = Callable[[bytes], bool]
 """Write one whole SSE frame now; False when it could not be written without waiting."""
 
 
-class SubscriberClosed(Exception):
-    """The subscriber was dropped (too slow) or the hub stopped: end the response."""
-
-
 def parse_id(entry_id: str) -> tuple[int, int]:
     """A stream id as a comparable pair. Raises ValueError for anything else."""
     ms, _, seq = entry_id.partition("-")
