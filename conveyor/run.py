@@ -248,8 +248,11 @@ def _start(stack: Stack) -> None:
         stack.env["CONVEYOR_API_KEYS"] = f"{api_key}=dev"
     # Children log to our stdout, which is often a pipe: don't let them buffer.
     stack.env["PYTHONUNBUFFERED"] = "1"
-    for n in range(1, settings.consumers + 1):
-        stack.start_child(f"worker-{n}", "worker")
+    # An arq worker reads one queue: each configured queue gets its own consumers.
+    for queue in settings.queues:
+        for n in range(1, settings.consumers + 1):
+            name = f"worker-{n}" if len(settings.queues) == 1 else f"worker-{queue}-{n}"
+            stack.start_child(name, "worker", "--queue", queue)
     stack.start_child("gateway", "gateway")
     stack.wait_for_gateway()
     _say(f"dashboard http://{_connect_host(settings.host)}:{settings.port}/")

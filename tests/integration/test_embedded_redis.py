@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 
 from conveyor.embedded_redis import EmbeddedRedis, find_redis_server
 from conveyor.process import free_port, port_open, wait_until
+from schemas.keys import QueueKeys
 from schemas.settings import Settings
 from tests.fixtures.processes import conveyor_env
 
@@ -215,6 +216,7 @@ def conveyor_run(tmp_path: Path, path_without_redis: str) -> Iterator[RunningSta
         CONVEYOR_DATA_DIR=str(tmp_path / "data"),
         CONVEYOR_PORT=str(free_port()),
         CONVEYOR_CONSUMERS="1",
+        CONVEYOR_QUEUES="default,video",
         CONVEYOR_SHUTDOWN_GRACE_S="5",
         PYTHONUNBUFFERED="1",
     )
@@ -251,11 +253,14 @@ def test_conveyor_run_serves_then_stops_everything_on_ctrl_c(
     conveyor_run.wait_for(r"dashboard http://127\.0\.0\.1:\d+/", deadline_s=1)
     url = conveyor_run.wait_for(r"started redis pid=\d+ url=(\S+)", deadline_s=1)[1]
     pids = conveyor_run.child_pids()
-    assert {"redis", "worker-1", "gateway"} <= pids.keys()
+    assert {"redis", "worker-default-1", "worker-video-1", "gateway"} <= pids.keys()
     assert Path(os.readlink(f"/proc/{pids['redis']}/exe")) == _bundled_redis_server().resolve()
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url, decode_responses=True)
     assert client.ping()
     assert _config(client, "appendonly") == "yes"
+    for queue_name in ("default", "video"):  # every queue has a consumer fetching from it
+        seen = QueueKeys(queue_name).consumer_seen()
+        wait_until(lambda seen=seen: client.hlen(seen) > 0, 30, f"a consumer of {queue_name}")
     client.close()
 
     conveyor_run.proc.send_signal(signal.SIGINT)
@@ -268,7 +273,7 @@ def test_conveyor_run_stops_everything_when_a_child_dies(conveyor_run: RunningSt
     conveyor_run.wait_for(r"API key \S+", deadline_s=90)
     pids = conveyor_run.child_pids()
 
-    os.kill(pids["worker-1"], signal.SIGKILL)
+    os.kill(pids["worker-video-1"], signal.SIGKILL)
     assert conveyor_run.exit_code(deadline_s=60) == 1, conveyor_run.output()
     for name, pid in pids.items():
         wait_until(functools.partial(_pid_gone, pid), 5, f"{name} pid {pid} to be gone")
