@@ -41,29 +41,47 @@ local function end_delivery(jobs_key, entry_id)
   end
 end
 
+-- `end_delivery` for many entries, in one XACK and one XDEL: for batch scripts.
+local function end_deliveries(jobs_key, entry_ids)
+  if #entry_ids > 0 then
+    redis.call('XACK', jobs_key, GROUP, unpack(entry_ids))
+    redis.call('XDEL', jobs_key, unpack(entry_ids))
+  end
+end
+
 -- Append one event to the queue's stream and, under the same id, to the job's own stream,
--- so an SSE `Last-Event-ID` means the same thing in both. `data` is a table, or a JSON
--- object already encoded by the caller (cjson would turn an empty list into `{}`).
--- Returns the id.
-local function emit(events_key, job_key, job_events_key, event, data)
+-- so an SSE `Last-Event-ID` means the same thing in both. `job` is the job's
+-- {id, queue, type, tenant, status, attempt} as the event reports them; `data` is a table, or
+-- a JSON object already encoded by the caller (cjson would turn an empty list into `{}`).
+-- Returns the id; the caller records it as the hash's `last_event_id`. For scripts that
+-- already hold the job's fields: no read of the hash, and one HSET for the whole change.
+local function append_event(events_key, job_events_key, event, data, job, ts)
   if type(data) ~= 'string' then data = cjson.encode(data or {}) end
-  local j = redis.call('HMGET', job_key, 'id', 'queue', 'type', 'tenant', 'status', 'attempt')
   local fields = {
-    'event', event, 'job_id', j[1], 'queue', j[2], 'job_type', j[3], 'tenant', j[4],
-    'status', j[5], 'attempt', j[6], 'ts', tostring(now_ms()), 'data', data
+    'event', event, 'job_id', job[1], 'queue', job[2], 'job_type', job[3], 'tenant', job[4],
+    'status', job[5], 'attempt', job[6], 'ts', ts, 'data', data
   }
   local id = redis.call('XADD', events_key, 'MAXLEN', '~', EVENTS_MAXLEN, '*', unpack(fields))
   redis.call('XADD', job_events_key, 'MAXLEN', '~', JOB_EVENTS_MAXLEN, id, unpack(fields))
+  return id
+end
+
+-- `append_event` for a job whose fields are read from its hash, as they are after the
+-- script's writes; records `last_event_id`. Returns the id.
+local function emit(events_key, job_key, job_events_key, event, data)
+  local job = redis.call('HMGET', job_key, 'id', 'queue', 'type', 'tenant', 'status', 'attempt')
+  local id = append_event(events_key, job_events_key, event, data, job, tostring(now_ms()))
   redis.call('HSET', job_key, 'last_event_id', id)
   return id
 end
 
 -- The job has ended: keep its snapshot and history for RETENTION_S, its idempotency key for
--- IDEM_TTL_S, then let Redis forget them.
-local function expire_finished(job_key, job_events_key)
+-- IDEM_TTL_S, then let Redis forget them. `idem` is the hash's `idem_key` when the caller
+-- already read it (false: the field is missing); omitted, it is read here.
+local function expire_finished(job_key, job_events_key, idem)
   redis.call('EXPIRE', job_key, RETENTION_S)
   redis.call('EXPIRE', job_events_key, RETENTION_S)
-  local idem = redis.call('HGET', job_key, 'idem_key')
+  if idem == nil then idem = redis.call('HGET', job_key, 'idem_key') end
   if idem and idem ~= '' then
     redis.call('EXPIRE', idem, IDEM_TTL_S)
   end
