@@ -4,7 +4,11 @@ dead-lettered) come from the gateway's /metrics, which reads them from Redis onc
 
 from __future__ import annotations
 
+from functools import cache
+from typing import Any
+
 from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client.metrics import MetricWrapperBase
 
 JOBS = Counter(
     "conveyor_worker_jobs_total",
@@ -36,6 +40,15 @@ PICKUP = Histogram(
 UPLOAD_BYTES = Counter(
     "conveyor_worker_upload_bytes_total", "Bytes of artifacts uploaded to S3", ["queue", "type"]
 )
+
+
+@cache
+def labelled(metric: MetricWrapperBase, *values: str) -> Any:
+    """`metric.labels(*values)`, looked up once per label set: `labels()` validates, joins
+    and locks (a few µs), which the job path would pay several times per job. A child is
+    never removed here, so the cached one stays the one exported; the cache holds no more
+    label sets than the metric itself does."""
+    return metric.labels(*values)
 
 
 def serve(port: int, host: str = "127.0.0.1") -> None:
