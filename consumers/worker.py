@@ -14,6 +14,8 @@ Overridden, because arq's versions read its sorted-set queue
     `record_health()`  reports the stream and this consumer instead of arq's zset
     `close()`          as arq's, but with redis-py 5's `aclose()` (arq calls the deprecated
                        `close()`) and without waiting on tasks that already ended
+    `_sleep_until_tasks_complete()`  the graceful shutdown's wait, which must also cover a
+                       batch between its fetch and its tasks
 
 Not used (arq's sorted-set path, never called by the `main` here)
     `_poll_iteration`, `start_jobs`, `run_job`, `finish_job`, `finish_failed_job`,
@@ -165,6 +167,8 @@ class ConveyorWorker(Worker):
         )
         self.running: dict[str, Running] = {}
         self._busy_slots = 0  # running handlers: `running` less those writing their outcome
+        self._batch_in_flight = False  # between a fetch's start and its jobs' tasks
+        self._work_changed = asyncio.Event()  # a job task ended or a batch was spawned
         self.jobs_cancelled = 0
         self.reclaimed = 0
         self.dead_lettered = 0
@@ -202,6 +206,7 @@ class ConveyorWorker(Worker):
                     self._slot_free.clear()
                     await self._slot_free.wait()
                     continue
+                self._batch_in_flight = True
                 try:
                     entries = await self._fetch(free)
                     for delivery in await self.producer.start(self.queue, entries, self.consumer):
@@ -210,6 +215,9 @@ class ConveyorWorker(Worker):
                         break
                 except RedisError as exc:
                     await self._redis_unavailable(exc)
+                finally:
+                    self._batch_in_flight = False
+                    self._work_changed.set()
         finally:
             # The helpers stop on the flag; cancelling alone is not enough, since a cancel
             # that lands inside a redis-py call can be swallowed (seen with redis-py 5.3).
@@ -221,6 +229,16 @@ class ConveyorWorker(Worker):
         if self.tasks:
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         await self._completions.wait_idle()
+
+    async def _sleep_until_tasks_complete(self) -> None:
+        """arq's wait before a graceful shutdown cancels the loop, counting a batch being
+        fetched or started as running too. Cancelled in between, its entries would be left
+        delivered (or its jobs `running`) with no handler until another consumer reclaimed
+        them a visibility timeout later; let it finish instead (at most `block_ms`), and its
+        jobs run within the grace period."""
+        while self.tasks or self._batch_in_flight:
+            self._work_changed.clear()
+            await self._work_changed.wait()
 
     async def _redis_unavailable(self, exc: RedisError) -> None:
         """Redis restarted, failed over or is loading: wait and go on. Entries read but not
@@ -289,6 +307,7 @@ class ConveyorWorker(Worker):
         def forget(_: asyncio.Task[None]) -> None:
             self.tasks.pop(delivery.job_id, None)
             self.running.pop(delivery.job_id, None)
+            self._work_changed.set()
             self._release_slot(running)
 
         task.add_done_callback(forget)

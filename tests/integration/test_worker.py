@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -258,3 +261,34 @@ async def test_consumers_gone_for_long_with_nothing_pending_are_removed(
             pace_ms=100,
         )
     assert not await redis.hexists(keys.consumer_seen(), "ghost")
+
+
+async def test_a_graceful_shutdown_runs_the_batch_it_caught_being_started(
+    driver: Driver, make_worker: Callable[..., ConveyorWorker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM between a fetch and its jobs' tasks: the batch still runs within the grace
+    period, rather than being left delivered with no handler until a reclaim."""
+    job_id = await driver.submit("noop")
+    worker = make_worker()
+    on_the_wire, release = asyncio.Event(), asyncio.Event()
+    start = worker.producer.start
+
+    async def held_start(queue: str, entries: list[tuple[str, str]], consumer: str) -> Any:
+        if entries:
+            on_the_wire.set()
+            await release.wait()
+        return await start(queue, entries, consumer)
+
+    monkeypatch.setattr(worker.producer, "start", held_start)
+    task = asyncio.create_task(worker.async_run())
+    async with asyncio.timeout(10):
+        await on_the_wire.wait()
+    worker.handle_sig_wait_for_completion(signal.SIGTERM)  # what SIGTERM does
+    release.set()
+    async with asyncio.timeout(10):
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await worker.close()
+    assert await wait_for_terminal(driver.redis, driver.queue, {job_id}, 5) == {
+        job_id: ["job.succeeded"]
+    }
