@@ -630,10 +630,13 @@ class ConveyorWorker(Worker):
                     if name == self.consumer or consumer["pending"]:
                         continue
                     if int(seen.get(name, 0)) < cutoff_ms:
-                        async with self.pool.pipeline(transaction=True) as tx:
-                            tx.xgroup_delconsumer(stream, group, name)
-                            tx.hdel(self.keys.consumer_seen(), name)
-                            await tx.execute()
+                        # Not a MULTI: redis-py refuses transactions on a cluster. In this
+                        # order, a pass cut in between leaves a consumer never seen, which
+                        # the next pass removes.
+                        async with self.pool.pipeline(transaction=False) as pipe:
+                            pipe.hdel(self.keys.consumer_seen(), name)
+                            pipe.xgroup_delconsumer(stream, group, name)
+                            await pipe.execute()
                         logger.info("removed consumer %s from %s (gone)", name, group)
 
         await self._every(min(60.0, self.settings.consumer_idle_cleanup_s), step)
