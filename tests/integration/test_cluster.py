@@ -23,12 +23,12 @@ from consumers.worker import ConveyorWorker, connect
 from conveyor.commands import inspect_lines
 from gateway.app import create_app
 from gateway.deps import Gateway
-from gateway.hub import Subscriber
+from gateway.subscriber import Subscriber
 from producer import Producer
 from producer.connection import ConveyorCluster, redis_from_url
 from schemas import CONSUMER_GROUP, JobStatus, QueueKeys, Settings, SubmitRequest
 from tests.fixtures.cluster import HOST, LocalCluster, local_cluster
-from tests.integration.conftest import running, wait_for_terminal
+from tests.integration.conftest import running, until, wait_for_terminal
 
 pytestmark = pytest.mark.integration
 
@@ -310,3 +310,26 @@ async def test_a_worker_rides_out_a_restart_of_the_whole_cluster(
             }
         finally:
             await client.aclose()
+
+
+async def test_consumers_gone_for_long_are_removed_on_a_cluster_too(
+    settings: Settings, cluster: aioredis.Redis, queues: tuple[str, str]
+) -> None:
+    queue = queues[1]
+    keys = QueueKeys(queue)
+    cleanup = settings.model_copy(update={"consumer_idle_cleanup_s": 0.05})
+    await Producer(cluster, cleanup).ensure_group(queue)
+    await cluster.xgroup_createconsumer(keys.jobs, CONSUMER_GROUP, "ghost")
+    await cluster.hset(keys.consumer_seen(), "ghost", "1")  # last seen in 1970
+    worker = ConveyorWorker(cleanup, connect(cleanup), queue=queue, handle_signals=False)
+    async with running(worker):
+
+        async def ghost_gone() -> bool:
+            consumers = await cluster.xinfo_consumers(keys.jobs, CONSUMER_GROUP)
+            names = {c["name"] for c in consumers}
+            return not names & {"ghost", b"ghost"}
+
+        await until(
+            ghost_gone, redis=cluster, stream=keys.events, timeout_s=10, what="ghost's removal"
+        )
+    assert not await cluster.hexists(keys.consumer_seen(), "ghost")
