@@ -117,7 +117,7 @@ class Hub:
 
     @property
     def subscriber_count(self) -> int:
-        return sum(map(len, self._jobs.values())) + sum(map(len, self._tenants.values()))
+        return sum(map(len, self._all_subscribers()))
 
     def dispatch(self, event: Event) -> None:
         targets: list[Subscriber] = list(self._jobs.get(event.job_id, ()))
@@ -125,9 +125,9 @@ class Hub:
         self.dispatch_to(targets, event)
         self.dispatched += 1
 
-    def dispatch_to(self, subs: Iterable[Subscriber], event: Event) -> None:
+    def dispatch_to(self, subs: list[Subscriber], event: Event) -> None:
         out = Outgoing(event)
-        for sub in list(subs):
+        for sub in subs:
             if not sub.push(out):
                 self.unsubscribe(sub)
 
@@ -304,7 +304,7 @@ class Hub:
                 keys.job_events(job_id), f"({position}", f"({first_read}"
             )
             for entry_id, fields in rows:
-                self.dispatch_to(subs, Event.from_entry(entry_id, fields))
+                self.dispatch_to(list(subs), Event.from_entry(entry_id, fields))
         for tenant_subs in list(self._tenants.values()):
             for sub in list(tenant_subs):
                 if sub.queues is None or queue in sub.queues:

@@ -1,4 +1,5 @@
-"""Progress throttling for one SSE client: a chatty handler cannot flood it.
+"""Progress throttling: a chatty handler cannot flood SSE clients. The hub keeps one for the
+whole process, so the same events reach every client of a job.
 
 At most one `job.progress` per job per `interval_s` goes out; a progress event arriving
 sooner is held, and a newer one replaces it (that is the only thing ever dropped). A held
