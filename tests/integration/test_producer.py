@@ -4,6 +4,7 @@ every refused one is refused by Redis, and each write lands in hash, events and 
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -104,6 +105,22 @@ async def test_running_to_failed_dead_letters(driver: Driver, producer: Producer
     assert [fields["job_id"] for _, fields in dead] == [delivery.job_id]
     events = await producer.events(driver.queue, delivery.job_id)
     assert events[-1].event.value == "job.failed" and events[-1].data["error"] == "broken"
+
+
+async def test_dead_letters_older_than_the_retention_are_trimmed(
+    driver: Driver, producer: Producer, settings: Settings
+) -> None:
+    dead_key = producer.keys(driver.queue).dead
+    now_ms = int(time.time() * 1000)
+    expired = f"{now_ms - settings.job_retention_s * 1000 - 60_000}-0"
+    kept = f"{now_ms - settings.job_retention_s * 1000 + 60_000}-0"
+    for entry_id in (expired, kept):
+        await driver.redis.xadd(dead_key, {"job_id": "old"}, id=entry_id)
+    delivery = await driver.running()
+    await producer.fail(delivery, "broken", retryable=False, backoff_ms=0, default_max_attempts=5)
+    dead = await driver.redis.xrange(dead_key)
+    assert [entry_id for entry_id, _ in dead][:1] == [kept]  # the one past retention is gone
+    assert [fields["job_id"] for _, fields in dead] == ["old", delivery.job_id]
 
 
 async def test_retry_budget_exhausted_fails(driver: Driver, producer: Producer) -> None:
