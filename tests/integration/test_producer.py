@@ -3,6 +3,7 @@ every refused one is refused by Redis, and each write lands in hash, events and 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable
@@ -13,10 +14,11 @@ import redis.asyncio as aioredis
 
 from producer import Lease, Producer
 from producer.checks import warn_if_evicting
+from producer.producer import SCRIPT_BATCH
 from producer.scripts import library_source
-from schemas import TRANSITIONS, JobStatus, Settings, SubmitRequest
+from schemas import CONSUMER_GROUP, TRANSITIONS, JobStatus, Settings, SubmitRequest
 from schemas.errors import JobNotFound, TransitionRefused
-from tests.integration.conftest import Driver
+from tests.integration.conftest import Driver, wait_for_terminal
 
 S = JobStatus
 
@@ -310,3 +312,31 @@ async def test_eviction_policy_is_reported(fresh_redis: Callable[..., Any]) -> N
         assert await warn_if_evicting(client) == "allkeys-lru"
     finally:
         await client.aclose()
+
+
+async def test_batches_across_script_calls_treat_each_job_on_its_own(
+    driver: Driver, producer: Producer
+) -> None:
+    """More jobs than one script call takes, with a cancelled job among them at start and a
+    stale attempt among them at succeed: each job's outcome is its own, in order."""
+    count = 2 * SCRIPT_BATCH + 10
+    ids = await producer.submit_many([SubmitRequest(type="noop", queue=driver.queue)] * count)
+    await producer.cancel(driver.queue, ids[70])  # before it is read: it must not start
+    entries = await driver.deliver()
+    deliveries = await producer.start(driver.queue, entries, "c1")
+    assert [d.job_id for d in deliveries] == [i for i in ids if i != ids[70]]
+    assert {d.attempt for d in deliveries} == {1}
+
+    stale = deliveries[100]
+    fenced = dataclasses.replace(stale, attempt=stale.attempt + 1)
+    outcomes = [(fenced if d is stale else d, {"i": n}, ()) for n, d in enumerate(deliveries)]
+    written = await producer.succeed_many(outcomes)
+    assert written == [d is not stale for d in deliveries]
+
+    terminal = await wait_for_terminal(driver.redis, driver.queue, set(ids) - {stale.job_id}, 5)
+    assert all(len(events) == 1 for events in terminal.values())
+    assert terminal[ids[70]] == ["job.cancelled"]
+    assert await driver.status(stale.job_id) is S.RUNNING  # its owner's attempt still holds it
+    pending = await driver.redis.xpending(producer.keys(driver.queue).jobs, CONSUMER_GROUP)
+    assert pending["pending"] == 1  # only the stale job's delivery is still open
+    assert await driver.redis.xlen(producer.keys(driver.queue).jobs) == 1
