@@ -10,6 +10,7 @@ through at once.
 
 from __future__ import annotations
 
+from gateway.subscriber import parse_id
 from schemas.events import EventType
 from schemas.models import Event
 
@@ -40,7 +41,7 @@ class ProgressThrottle:
         ready = [
             job for job in self._held if now - self._sent_at.get(job, -1e18) >= self.interval_s
         ]
-        out = sorted((self._held.pop(job) for job in ready), key=lambda e: _key(e.id))
+        out = sorted((self._held.pop(job) for job in ready), key=lambda e: parse_id(e.id))
         for event in out:
             self._sent_at[event.job_id] = now
         if len(self._sent_at) > 1024:  # forget jobs quiet for a whole interval
@@ -59,8 +60,3 @@ class ProgressThrottle:
             0.0,
             min(self._sent_at.get(j, -1e18) + self.interval_s for j in self._held) - now,
         )
-
-
-def _key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)

@@ -13,9 +13,9 @@ from gateway.hub import Hub
 from gateway.streams import job_stream
 from gateway.subscriber import Subscriber
 from producer import Delivery, Producer
-from schemas.keys import CONSUMER_GROUP
 from schemas.models import Event, SubmitRequest
 from schemas.settings import Settings
+from tests.integration.conftest import Driver
 
 pytestmark = pytest.mark.integration
 
@@ -93,11 +93,7 @@ async def take(connection: Connection, n: int) -> list[Event]:
 
 async def start(producer: Producer, queue: str, job_id: str) -> Delivery:
     """Start `job_id` as a consumer would (other entries read with it stay pending)."""
-    await producer.ensure_group(queue)
-    reply = await producer.redis.xreadgroup(
-        CONSUMER_GROUP, "test", {producer.keys(queue).jobs: ">"}, count=100
-    )
-    entries = [(eid, f["job_id"]) for _, rows in reply for eid, f in rows]
+    entries = await Driver(producer, producer.redis, queue).deliver("test")
     (delivery,) = await producer.start(queue, [e for e in entries if e[1] == job_id], "test")
     return delivery
 
