@@ -21,14 +21,19 @@ needs two adjustments for Conveyor's pipelined scripts, made by `ClusterPipeline
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Iterable
 from typing import Any, TypeVar, cast, overload
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.cluster import ClusterPipeline as _RedisClusterPipeline
-from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.cluster import get_node_name
 from redis.commands.core import AsyncScript
@@ -79,36 +84,52 @@ def redis_from_url(url: str, *, redis_class: type[Redis] = Redis, **options: Any
             "redis+sentinel:// or redis+cluster://"
         )
     if HIREDIS_AVAILABLE:
-        options.setdefault("connection_class", _HIREDIS_PACKING[scheme])
+        options.setdefault("connection_class", CONNECTION_CLASSES[scheme])
     client: Redis = redis_class.from_url(url, **options)
     return client
 
 
-class _HiredisPacking:
-    """redis-py's asyncio connections pack commands in Python (its sync ones use hiredis):
-    ~15 us for one of our EVALSHA calls against ~2 us with hiredis's C packer, which was
-    the largest cost in a consumer's profile. Same serializer redis-py's sync client uses."""
+class _ConveyorConnection(AbstractConnection):
+    """What Conveyor changes in redis-py's asyncio connections; the classes below add it
+    to each transport (TCP, TLS, Unix socket)."""
 
+    # redis-py's asyncio connections pack commands in Python (its sync ones use hiredis):
+    # ~15 us for one of our EVALSHA calls against ~2 us with hiredis's C packer, which was
+    # the largest cost in a consumer's profile. Same serializer redis-py's sync client uses.
     _packer = HiredisRespSerializer()
 
     def pack_command(self, *args: Any) -> list[bytes]:
         packed: list[bytes] = self._packer.pack(*args)
         return packed
 
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        """A write that races a disconnect by another task (a cluster re-discovery closes
+        every node's connections) fails inside redis-py 5 with an AttributeError or
+        TypeError from the torn-down writer (redis/redis-py#3546; fixed upstream by #4217,
+        in a line arq 0.28 cannot use). No retry layer knows those, so a worker's loop
+        died on one during a cluster restart. Report it as what it is: the connection is
+        gone (redis-py has already dropped it)."""
+        try:
+            await super().send_packed_command(command, check_health)
+        except (AttributeError, TypeError) as exc:
+            raise ConnectionError(f"connection closed while writing: {exc}") from exc
 
-class _FastConnection(_HiredisPacking, Connection):
+
+class _FastConnection(_ConveyorConnection, Connection):
     pass
 
 
-class _FastSSLConnection(_HiredisPacking, SSLConnection):
+class _FastSSLConnection(_ConveyorConnection, SSLConnection):
     pass
 
 
-class _FastUnixConnection(_HiredisPacking, UnixDomainSocketConnection):
+class _FastUnixConnection(_ConveyorConnection, UnixDomainSocketConnection):
     pass
 
 
-_HIREDIS_PACKING: dict[str, type[Connection | UnixDomainSocketConnection]] = {
+CONNECTION_CLASSES: dict[str, type[AbstractConnection]] = {
     "redis": _FastConnection,
     "rediss": _FastSSLConnection,
     "unix": _FastUnixConnection,
@@ -162,12 +183,18 @@ def _cluster(url: str, *, ssl: bool, **options: Any) -> ConveyorCluster:
         options.pop(name, None)
     # redis-py's type hints call its cluster classes abstract (a `connection_pool` they
     # never have); they are not.
-    return ConveyorCluster(  # type: ignore[abstract]
+    cluster = ConveyorCluster(  # type: ignore[abstract]
         startup_nodes=[ClusterNode(host, port) for host, port in hosts],
         ssl=ssl,
         **_credentials(userinfo),
         **options,
     )
+    if HIREDIS_AVAILABLE:
+        # RedisCluster has no connection_class option (it picks Connection or SSLConnection
+        # itself); every node it makes from here on reads this dict.
+        scheme = "rediss" if ssl else "redis"
+        cluster.connection_kwargs["connection_class"] = CONNECTION_CLASSES[scheme]
+    return cluster
 
 
 def _sentinel(url: str, redis_class: type[R], *, ssl: bool, **options: Any) -> R:

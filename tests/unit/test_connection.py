@@ -7,7 +7,7 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import SentinelConnectionPool
 
-from producer.connection import ConveyorCluster, redis_from_url
+from producer.connection import CONNECTION_CLASSES, ConveyorCluster, redis_from_url
 
 
 async def test_plain_urls_are_redis_py_from_url() -> None:
@@ -28,6 +28,8 @@ async def test_cluster_url_lists_its_seed_nodes() -> None:
         retry_on_timeout=True,  # a standalone option: dropped, RedisCluster retries itself
     )
     assert isinstance(client, ConveyorCluster)
+    # Its nodes get Conveyor's connections too (RedisCluster has no option for that).
+    assert client.connection_kwargs["connection_class"] is CONNECTION_CLASSES["redis"]
     seeds = [(n.host, n.port) for n in client.nodes_manager.startup_nodes.values()]
     assert sorted(seeds) == sorted([("10.0.0.1", 7000), ("10.0.0.2", 6379), ("::1", 7002)])
     kwargs = client.connection_kwargs
