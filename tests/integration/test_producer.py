@@ -340,3 +340,24 @@ async def test_batches_across_script_calls_treat_each_job_on_its_own(
     pending = await driver.redis.xpending(producer.keys(driver.queue).jobs, CONSUMER_GROUP)
     assert pending["pending"] == 1  # only the stale job's delivery is still open
     assert await driver.redis.xlen(producer.keys(driver.queue).jobs) == 1
+
+
+async def test_pipelined_scripts_are_loaded_again_after_a_flush(
+    driver: Driver, producer: Producer
+) -> None:
+    """Pipelined script calls (bulk submit, a start or succeed batch over several calls)
+    after Redis lost its scripts, as a restart leaves it: the scripts are loaded again and
+    every job is submitted, started and finished exactly once."""
+    count = SCRIPT_BATCH + 6  # two script calls in one pipeline
+    await driver.redis.script_flush()
+    ids = await producer.submit_many([SubmitRequest(type="noop", queue=driver.queue)] * count)
+    assert len(set(ids)) == count
+    assert await driver.redis.xlen(producer.keys(driver.queue).jobs) == count
+    await driver.redis.script_flush()
+    deliveries = await producer.start(driver.queue, await driver.deliver(), "c1")
+    assert sorted(d.job_id for d in deliveries) == sorted(ids)
+    await driver.redis.script_flush()
+    assert await producer.succeed_many([(d, None, ()) for d in deliveries]) == [True] * count
+    terminal = await wait_for_terminal(driver.redis, driver.queue, set(ids), 5)
+    assert all(events == ["job.succeeded"] for events in terminal.values())
+    assert await driver.redis.xlen(producer.keys(driver.queue).jobs) == 0
