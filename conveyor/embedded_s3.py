@@ -18,13 +18,18 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Self
 
-from conveyor.process import EmbeddedServer, ManagedProcess, free_port, port_open
+from conveyor.process import (
+    EmbeddedServer,
+    ManagedProcess,
+    free_port,
+    free_port_pair,
+    port_open,
+)
 
 # The TCP servers of `weed mini`, each with the flag that sets its port.
 _PORT_FLAGS = (
@@ -40,24 +45,6 @@ _PORT_FLAGS = (
 # -admin.port.grpc says (4.48), so the admin pair is chosen together, offset by 10000.
 _GRPC_OFFSET = 10000
 _START_ATTEMPTS = 3  # free_port() can race with another process taking the port first
-
-
-def _free_port_pair(host: str, offset: int) -> int:
-    """A free port p such that p + offset is free too."""
-    for _ in range(200):
-        port = free_port(host)
-        if port + offset < 65536 and _bindable(host, port + offset):
-            return port
-    raise EmbeddedS3Error(f"found no pair of free ports {offset} apart on {host}")
-
-
-def _bindable(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
 
 
 class EmbeddedS3Error(RuntimeError):
@@ -172,7 +159,7 @@ class EmbeddedS3(EmbeddedServer):
             if fresh or flag not in self._ports:
                 self._ports[flag] = free_port(self.host)
         if fresh or "admin.port" not in self._ports:
-            self._ports["admin.port"] = _free_port_pair(self.host, _GRPC_OFFSET)
+            self._ports["admin.port"] = free_port_pair(_GRPC_OFFSET, self.host)
             self._ports["admin.port.grpc"] = self._ports["admin.port"] + _GRPC_OFFSET
 
     def _write_identities(self) -> None:

@@ -24,6 +24,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_pair(offset: int, host: str = "127.0.0.1") -> int:
+    """A free port p such that p + offset is free too: for servers that open a second port
+    at a fixed offset from the first (a Redis Cluster node's bus, weed's admin gRPC)."""
+    for _ in range(200):
+        port = free_port(host)
+        if port + offset < 65536 and _bindable(host, port + offset):
+            return port
+    raise RuntimeError(f"found no pair of free ports {offset} apart on {host}")
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
         return True
