@@ -1,4 +1,4 @@
-"""Conveyor beside BullMQ (Node), the issue's reference: the same no-op drain and pickup.
+"""Conveyor beside BullMQ (Node), the issue's reference: the same no-op drain.
 
     .venv/bin/python -m bench.bullmq [--jobs 20000] [--rounds 3]
 
@@ -6,8 +6,9 @@ Needs `node` and `npm` on the PATH; installs BullMQ's pinned version into
 `bench/bullmq/node_modules` on first use (`npm ci`, from the npm registry). Each round starts
 a fresh redis-server per system (AOF on, as `conveyor run` runs it) and measures both the
 same way as `bench.engine`: fill the queue, one worker (concurrency 200) drains it, rate
-from the jobs' own start and finish times. Prints one line per round and a last line with
-the medians: `conveyor_jobs_per_s=N bullmq_jobs_per_s=M ratio=R`.
+from the jobs' own start and finish times. Prints one line per round (with BullMQ's pickup
+latency; `bench.engine` gives Conveyor's) and a last line with the medians:
+`conveyor_jobs_per_s=N bullmq_jobs_per_s=M ratio=R`.
 """
 
 from __future__ import annotations
@@ -32,9 +33,8 @@ def ensure_bullmq() -> str:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         raise SystemExit("bench.bullmq needs node and npm on the PATH")
-    if not (HERE / "node_modules" / "bullmq").is_dir():
-        install = "ci" if (HERE / "package-lock.json").is_file() else "install"
-        subprocess.run([npm, install, "--no-audit", "--no-fund"], cwd=HERE, check=True)
+    if not (HERE / "node_modules" / "bullmq").is_dir():  # the versions package-lock.json pins
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=HERE, check=True)
     return node
 
 
