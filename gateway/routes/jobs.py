@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from gateway.access import job_path, own_job, page_links, resource
-from gateway.deps import GatewayDep, Tenant
+from gateway.deps import Gateway, GatewayDep, Tenant
 from gateway.errors import QueueNotConfigured, RedisUnavailable, redis_deadline
 from gateway.listing import decode_cursor, encode_cursor, list_jobs
 from gateway.models import ActionResult, ErrorBody, JobPage, JobResource
@@ -142,20 +143,24 @@ ACTION_ERRORS = {
     "/{job_id}/cancel", status_code=202, response_model=ActionResult, responses=ACTION_ERRORS
 )
 async def cancel(job_id: str, gw: GatewayDep, tenant: Tenant) -> Any:
-    job = await own_job(gw, tenant, job_id)
-    async with redis_deadline(gw.settings.redis_timeout_s):
-        outcome = await gw.producer.cancel(job.queue, job.id)
-        after = await gw.producer.get(job.queue, job.id)
-    return ActionResult(outcome=outcome, job=resource(gw, after or job))
+    return await _act(gw, tenant, job_id, gw.producer.cancel)
 
 
 @router.post(
     "/{job_id}/retry", status_code=202, response_model=ActionResult, responses=ACTION_ERRORS
 )
 async def retry(job_id: str, gw: GatewayDep, tenant: Tenant) -> Any:
+    return await _act(gw, tenant, job_id, gw.producer.retry)
+
+
+async def _act(
+    gw: Gateway, tenant: str, job_id: str, action: Callable[[str, str], Awaitable[str]]
+) -> ActionResult:
+    """Cancel or retry one of the tenant's jobs, answering with the outcome and the job as
+    it is after."""
     job = await own_job(gw, tenant, job_id)
     async with redis_deadline(gw.settings.redis_timeout_s):
-        outcome = await gw.producer.retry(job.queue, job.id)
+        outcome = await action(job.queue, job.id)
         after = await gw.producer.get(job.queue, job.id)
     return ActionResult(outcome=outcome, job=resource(gw, after or job))
 
