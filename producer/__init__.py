@@ -8,6 +8,7 @@ from producer.producer import (
     QueueStats,
     ReclaimReport,
     Submitted,
+    Taken,
     new_job_id,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "QueueStats",
     "ReclaimReport",
     "Submitted",
+    "Taken",
     "new_job_id",
 ]

@@ -19,7 +19,7 @@ from redis.exceptions import ResponseError
 
 from producer.scripts import Scripts
 from schemas.errors import JobNotFound, TransitionRefused
-from schemas.keys import CONSUMER_GROUP, QueueKeys
+from schemas.keys import CONSUMER_GROUP, JOB_EVENTS_SUFFIX, QueueKeys
 from schemas.models import Artifact, Event, Job, SubmitRequest
 from schemas.settings import Settings
 
@@ -97,6 +97,15 @@ class QueueStats:
         holds exactly the undelivered and the pending ones: exact even where XINFO GROUPS
         reports lag as nil (it does once the last delivered entry has been deleted)."""
         return max(0, self.length - self.pending)
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What one `take` round trip did."""
+
+    written: list[bool]  # per finished job: recorded (False: fenced out, nothing written)
+    deliveries: list[Delivery]  # jobs to run now
+    exhausted: bool  # fewer new entries than asked for: the queue looked empty
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,13 +193,8 @@ class Producer:
         self, requests: Sequence[SubmitRequest], *, tenant: str = ""
     ) -> list[str]:
         """Submit in one round trip (benchmarks, bulk loads). Returns the job ids."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for request in requests:
-                await self.scripts.run(
-                    "submit", *self._submit_call(request, tenant, None), client=pipe
-                )
-            results = await pipe.execute()
-        return [_s(job_id) for _, job_id in results]
+        calls = [("submit", *self._submit_call(r, tenant, None)) for r in requests]
+        return [_s(job_id) for _, job_id in await self.scripts.run_many(calls)]
 
     def _submit_call(
         self, request: SubmitRequest, tenant: str, idempotency_key: str | None
@@ -296,15 +300,8 @@ class Producer:
         ]
 
     async def _run_batches(self, name: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """Run a batch script once per chunk and join the per-job replies. One chunk (the
-        usual case) is a plain EVALSHA; several share a pipeline, still one round trip."""
-        if len(calls) == 1:
-            keys, args = calls[0]
-            return list(await self.scripts.run(name, keys, args))
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
-                await self.scripts.run(name, keys, args, client=pipe)
-            replies = await pipe.execute()
+        """Run a batch script once per chunk and join the per-job replies: one round trip."""
+        replies = await self.scripts.run_many([(name, keys, args) for keys, args in calls])
         return [result for reply in replies for result in reply]
 
     @staticmethod
@@ -359,31 +356,59 @@ class Producer:
         for i, (delivery, _, _) in enumerate(outcomes):
             by_queue.setdefault(delivery.queue, []).append(i)
         for queue, indexes in by_queue.items():
-            k = self.keys(queue)
-            calls = []
-            for chunk in _chunks(indexes, SCRIPT_BATCH):
-                keys = [k.jobs, k.events]
-                args: list[Any] = [*self._config]
-                for i in chunk:
-                    delivery, result, artifacts = outcomes[i]
-                    result_json = dumps(result)
-                    artifacts_json = (
-                        dumps([a.model_dump() for a in artifacts]) if artifacts else "[]"
-                    )
-                    keys += (k.job(delivery.job_id), k.job_events(delivery.job_id))
-                    args += (
-                        delivery.entry_id,
-                        delivery.attempt,
-                        result_json,
-                        artifacts_json,
-                        # The event's data, from the JSON already made: a result is
-                        # serialised once, however large.
-                        f'{{"result":{result_json},"artifacts":{artifacts_json}}}',
-                    )
-                calls.append((keys, args))
+            calls = self._succeed_calls(queue, [outcomes[i] for i in indexes])
             replies = await self._run_batches("succeed", calls)
             written.update(zip(indexes, map(bool, replies), strict=True))
         return [written[i] for i in range(len(outcomes))]
+
+    def _succeed_calls(
+        self, queue: str, outcomes: Sequence[tuple[Delivery, Any, Sequence[Artifact]]]
+    ) -> list[tuple[list[str], list[Any]]]:
+        k = self.keys(queue)
+        calls = []
+        for chunk in _chunks(outcomes, SCRIPT_BATCH):
+            keys = [k.jobs, k.events]
+            args: list[Any] = [*self._config]
+            for delivery, result, artifacts in chunk:
+                result_json = dumps(result)
+                artifacts_json = dumps([a.model_dump() for a in artifacts]) if artifacts else "[]"
+                keys += (k.job(delivery.job_id), k.job_events(delivery.job_id))
+                args += (
+                    delivery.entry_id,
+                    delivery.attempt,
+                    result_json,
+                    artifacts_json,
+                    # The event's data, from the JSON already made: a result is serialised
+                    # once, however large.
+                    f'{{"result":{result_json},"artifacts":{artifacts_json}}}',
+                )
+            calls.append((keys, args))
+        return calls
+
+    async def take(
+        self,
+        queue: str,
+        consumer: str,
+        count: int,
+        finished: Sequence[tuple[Delivery, Any, Sequence[Artifact]]] = (),
+    ) -> Taken:
+        """A busy consumer's round trip: record the jobs of `queue` it `finished` (as
+        `succeed_many`), then read and start up to `count` new ones (the `take` script).
+        """
+        k = self.keys(queue)
+        calls = [("succeed", keys, args) for keys, args in self._succeed_calls(queue, finished)]
+        if count > 0:
+            args = [*self._config, consumer, count, k.job_prefix, JOB_EVENTS_SUFFIX]
+            calls.append(("take", [k.jobs, k.events], args))
+        replies = await self.scripts.run_many(calls) if calls else []
+        written = [bool(w) for reply in replies[: len(calls) - (count > 0)] for w in reply]
+        taken = replies[-1] if count > 0 else []
+        deliveries = [
+            self._delivery(queue, _s(row[1]), _s(row[0]), row[3:])
+            for row in taken
+            if _s(row[2]) == "started"
+        ]
+        return Taken(written, deliveries, exhausted=count > 0 and len(taken) < count)
 
     async def fail(
         self,

@@ -14,6 +14,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from schemas.status import TERMINAL, TRANSITIONS
 
@@ -23,6 +24,7 @@ INCLUDE = re.compile(r"^--@include (\w+)\s*$", re.MULTILINE)
 SCRIPT_NAMES = (
     "submit",
     "start",
+    "take",
     "progress",
     "renew",
     "succeed",
@@ -72,13 +74,12 @@ def script_source(name: str) -> str:
 
 
 class Scripts:
-    """The registered scripts of one Redis client, called as `await scripts.run(name, ...)`.
-
-    redis-py's Script runs EVALSHA and loads the script on NOSCRIPT (after a Redis restart,
-    or on a fresh node), in pipelines too.
-    """
+    """The registered scripts of one Redis client, called as `await scripts.run(name, ...)`,
+    or several in one round trip with `run_many`. Both send EVALSHA and load the script on
+    NOSCRIPT (after a Redis restart, or on a fresh node)."""
 
     def __init__(self, redis: Redis) -> None:
+        self._redis = redis
         self._scripts: dict[str, AsyncScript] = {
             name: redis.register_script(script_source(name)) for name in SCRIPT_NAMES
         }
@@ -90,3 +91,29 @@ class Scripts:
         self, name: str, keys: list[str], args: list[Any], client: Any | None = None
     ) -> Any:
         return await self._scripts[name](keys=keys, args=args, client=client)
+
+    async def run_many(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        """Several script calls `(name, keys, args)` in one pipeline: one round trip, where
+        redis-py's pipelined `Script` costs two (it asks SCRIPT EXISTS before each pipeline,
+        and that question waits at Redis behind whatever other work is queued there). Calls
+        that answer NOSCRIPT (Redis restarted, or flushed its scripts) never ran: the script
+        is loaded and just those are sent again. The others ran once and are not repeated.
+        An error reply of a call is raised, after every call has run."""
+        results = await self._pipeline(calls)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            for name in {calls[i][0] for i in missing}:
+                await self._redis.script_load(self._scripts[name].script)
+            again = await self._pipeline([calls[i] for i in missing])
+            for i, result in zip(missing, again, strict=True):
+                results[i] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+    async def _pipeline(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for name, keys, args in calls:
+                pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 CONSUMER_GROUP = "workers"
 DEFAULT_PREFIX = "conveyor"
+JOB_EVENTS_SUFFIX = ":events"  # a job's own events stream: its hash's key and this
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +53,7 @@ class QueueKeys:
         return f"{self.job_prefix}{job_id}"
 
     def job_events(self, job_id: str) -> str:
-        return f"{self.job(job_id)}:events"
+        return f"{self.job(job_id)}{JOB_EVENTS_SUFFIX}"
 
     def idempotency(self, tenant: str, key: str) -> str:
         return f"{self.base}:idem:{tenant}:{key}"

@@ -345,9 +345,10 @@ async def test_batches_across_script_calls_treat_each_job_on_its_own(
 async def test_pipelined_scripts_are_loaded_again_after_a_flush(
     driver: Driver, producer: Producer
 ) -> None:
-    """Pipelined script calls (bulk submit, a start or succeed batch over several calls)
-    after Redis lost its scripts, as a restart leaves it: the scripts are loaded again and
-    every job is submitted, started and finished exactly once."""
+    """Pipelined script calls (bulk submit, a start or succeed batch over several calls, a
+    take with the writes it carries) after Redis lost its scripts, as a restart leaves it:
+    the scripts are loaded again and every job is submitted, started and finished exactly
+    once."""
     count = SCRIPT_BATCH + 6  # two script calls in one pipeline
     await driver.redis.script_flush()
     ids = await producer.submit_many([SubmitRequest(type="noop", queue=driver.queue)] * count)
@@ -357,7 +358,53 @@ async def test_pipelined_scripts_are_loaded_again_after_a_flush(
     deliveries = await producer.start(driver.queue, await driver.deliver(), "c1")
     assert sorted(d.job_id for d in deliveries) == sorted(ids)
     await driver.redis.script_flush()
-    assert await producer.succeed_many([(d, None, ()) for d in deliveries]) == [True] * count
-    terminal = await wait_for_terminal(driver.redis, driver.queue, set(ids), 5)
+    assert await producer.succeed_many([(d, None, ()) for d in deliveries[:-1]]) == [True] * (
+        count - 1
+    )
+    more = await producer.submit_many([SubmitRequest(type="noop", queue=driver.queue)] * 3)
+    await driver.redis.script_flush()
+    taken = await producer.take(driver.queue, "c1", 10, [(deliveries[-1], None, ())])
+    assert taken.written == [True]
+    assert [d.job_id for d in taken.deliveries] == more
+    assert await producer.succeed_many([(d, None, ()) for d in taken.deliveries]) == [True] * 3
+    terminal = await wait_for_terminal(driver.redis, driver.queue, {*ids, *more}, 5)
     assert all(events == ["job.succeeded"] for events in terminal.values())
     assert await driver.redis.xlen(producer.keys(driver.queue).jobs) == 0
+
+
+async def test_take_records_finished_jobs_and_starts_new_ones_in_one_call(
+    driver: Driver, producer: Producer
+) -> None:
+    """A busy consumer's round trip: what it finished is recorded, and new entries are read
+    for it and started, each as `start` would; fewer than asked means the queue ran dry."""
+    ids = await producer.submit_many([SubmitRequest(type="noop", queue=driver.queue)] * 5)
+    await producer.cancel(driver.queue, ids[3])  # before it is read: skipped and acked
+    await producer.ensure_group(driver.queue)
+    first = await producer.take(driver.queue, "c1", 2)
+    assert [d.job_id for d in first.deliveries] == ids[:2]
+    assert (first.written, first.exhausted) == ([], False)
+    assert {d.attempt for d in first.deliveries} == {1}
+    job = await producer.get(driver.queue, ids[0])
+    assert job is not None and job.status is S.RUNNING and job.owner == "c1"
+
+    finished = [(d, {"n": i}, ()) for i, d in enumerate(first.deliveries)]
+    second = await producer.take(driver.queue, "c1", 10, finished)
+    assert second.written == [True, True]
+    assert [d.job_id for d in second.deliveries] == [ids[2], ids[4]]
+    assert second.exhausted
+    terminal = await wait_for_terminal(driver.redis, driver.queue, {ids[0], ids[1], ids[3]}, 5)
+    assert terminal == {
+        ids[0]: ["job.succeeded"],
+        ids[1]: ["job.succeeded"],
+        ids[3]: ["job.cancelled"],
+    }
+    assert await driver.event_types(ids[2]) == ["job.queued", "job.started"]
+    keys = producer.keys(driver.queue)
+    # Only the two started jobs' deliveries are still open.
+    assert (await driver.redis.xpending(keys.jobs, CONSUMER_GROUP))["pending"] == 2
+    assert await driver.redis.xlen(keys.jobs) == 2
+
+    fenced = dataclasses.replace(second.deliveries[0], attempt=2)
+    third = await producer.take(driver.queue, "c1", 0, [(fenced, None, ())])
+    assert (third.written, third.deliveries, third.exhausted) == ([False], [], False)
+    assert await driver.status(ids[2]) is S.RUNNING  # the stale attempt wrote nothing

@@ -1,0 +1,33 @@
+-- Start one read entry's job, `queued -> running` under a new attempt owned by `consumer`:
+-- the body of both `start` (entries the consumer read itself) and `take` (entries read in
+-- the script). An entry whose job already ended (or was cancelled, or re-queued under a newer
+-- entry) is acknowledged and skipped: a re-delivered finished job is never run twice.
+-- Returns {'started', attempt, type, payload, timeout_s} or {'skipped', reason}.
+local function start_job(jobs_key, events_key, job_key, job_events_key, entry_id, consumer, now)
+  local j = redis.call('HMGET', job_key, 'status', 'entry_id', 'type', 'payload', 'timeout_s',
+    'attempt', 'id', 'queue', 'tenant')
+  local status = j[1]
+  if not status then
+    end_delivery(jobs_key, entry_id)
+    return {'skipped', 'missing'}
+  end
+  if j[2] ~= entry_id then
+    -- The job was re-queued under a newer entry (manual retry, backoff): this one is spent.
+    end_delivery(jobs_key, entry_id)
+    return {'skipped', 'stale'}
+  end
+  if status ~= 'queued' then
+    if TERMINAL[status] then end_delivery(jobs_key, entry_id) end
+    return {'skipped', status}
+  end
+  check_transition(status, 'running')
+
+  local attempt = (tonumber(j[6]) or 0) + 1
+  local job = {j[7], j[8], j[3], j[9], 'running', string.format('%d', attempt)}
+  local data = '{"owner":' .. cjson.encode(consumer) .. '}'
+  local id = append_event(events_key, job_events_key, 'job.started', data, job, now)
+  redis.call('HSET', job_key, 'status', 'running', 'attempt', job[6], 'owner', consumer,
+    'started_at', now, 'updated_at', now, 'stage', '', 'progress', '0', 'message', '',
+    'last_event_id', id)
+  return {'started', attempt, j[3], j[4], j[5]}
+end
