@@ -292,3 +292,21 @@ async def test_a_graceful_shutdown_runs_the_batch_it_caught_being_started(
     assert await wait_for_terminal(driver.redis, driver.queue, {job_id}, 5) == {
         job_id: ["job.succeeded"]
     }
+
+
+async def test_jobs_finishing_while_the_consumer_waits_for_work_are_recorded_at_once(
+    driver: Driver,
+    settings_factory: Callable[..., Settings],
+    make_worker: Callable[..., ConveyorWorker],
+    tmp_path: Path,
+) -> None:
+    """With the queue empty the consumer blocks on XREADGROUP (6 s here). A job submitted
+    meanwhile starts beside the long one already running, and when it finishes its outcome
+    is written at once, not when that read next returns."""
+    idle = settings_factory(handlers="tests.handlers", block_ms=6_000)
+    long_id = await driver.submit("record", payload={"path": str(tmp_path / "runs"), "seconds": 30})
+    async with running(make_worker(idle, concurrency=2)):
+        await wait_for_event(driver.redis, driver.queue, long_id, "job.started", 5)
+        short_id = await driver.submit("sleep", payload={"seconds": 0.2})
+        await wait_for_event(driver.redis, driver.queue, short_id, "job.succeeded", 2)
+        assert await driver.status(long_id) is S.RUNNING
