@@ -6,8 +6,10 @@ Needs `node` and `npm` on the PATH; installs BullMQ's pinned version into
 `bench/bullmq/node_modules` on first use (`npm ci`, from the npm registry). Each round starts
 a fresh redis-server per system (AOF on, as `conveyor run` runs it) and measures both the
 same way as `bench.engine`: fill the queue, one worker (concurrency 200) drains it, rate
-from the jobs' own start and finish times. Prints one line per round (with BullMQ's pickup
-latency; `bench.engine` gives Conveyor's) and a last line with the medians:
+from the jobs' own start and finish times. Like BullMQ, Conveyor's consumer then writes no
+log line per job; `--job-logs` turns its INFO line per job back on. Prints one line per
+round (with BullMQ's pickup latency; `bench.engine` gives Conveyor's) and a last line with
+the medians:
 `conveyor_jobs_per_s=N bullmq_jobs_per_s=M ratio=R`.
 """
 
@@ -47,9 +49,9 @@ def bullmq_round(node: str, jobs: int, data_dir: Path) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-async def conveyor_round(jobs: int, data_dir: Path) -> float:
+async def conveyor_round(jobs: int, data_dir: Path, job_logs: bool) -> float:
     with EmbeddedRedis(data_dir / "redis") as server:
-        return await conveyor_throughput(server.url, jobs, 1, data_dir)
+        return await conveyor_throughput(server.url, jobs, 1, data_dir, job_logs=job_logs)
 
 
 def field(line: str, name: str) -> float:
@@ -60,13 +62,14 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--job-logs", action="store_true", help="Conveyor logs every job (INFO)")
     args = parser.parse_args()
     node = ensure_bullmq()
     ours, theirs = [], []
     for n in range(args.rounds):  # alternate, so drift on a shared machine hits both
         with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as tmp:
             line = bullmq_round(node, args.jobs, Path(tmp) / "bullmq")
-            rate = await conveyor_round(args.jobs, Path(tmp) / "conveyor")
+            rate = await conveyor_round(args.jobs, Path(tmp) / "conveyor", args.job_logs)
         theirs.append(field(line, "bullmq_jobs_per_s"))
         ours.append(rate)
         print(f"round={n + 1} conveyor_jobs_per_s={rate:.0f} {line}", flush=True)

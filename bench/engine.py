@@ -5,9 +5,10 @@
 Starts its own redis-server (AOF on, as `conveyor run` does) on a free port. Throughput: the
 queue is filled first, then consumer processes drain it; the rate is jobs over the span from
 the first start to the last finish, read from the jobs' own timestamps (Redis's clock), so
-process start-up is not counted for either system. Pickup latency: with idle consumers running,
-jobs are submitted one at a time; latency is the start time minus the submit time, both
-taken from Redis's clock.
+process start-up is not counted for either system; Conveyor's consumers write no per-job log
+line (`--job-logs` for one at INFO, the default outside benchmarks). Pickup latency: with
+idle consumers running, jobs are submitted one at a time; latency is the start time minus
+the submit time, both taken from Redis's clock.
 """
 
 from __future__ import annotations
@@ -45,7 +46,12 @@ def spawn(argv: list[str], env: dict[str, str], name: str, log_dir: Path) -> Man
     ).start()
 
 
-async def conveyor_throughput(url: str, jobs: int, consumers: int, log_dir: Path) -> float:
+async def conveyor_throughput(
+    url: str, jobs: int, consumers: int, log_dir: Path, *, job_logs: bool = False
+) -> float:
+    """Jobs per second of a drain. The consumers write no per-job log line unless `job_logs`
+    (they do by default, at INFO): BullMQ, the reference, writes none, and a JSON line costs
+    a no-op job's consumer more than the job itself."""
     queue = f"bench-{consumers}-{time.time_ns()}"
     settings = Settings(redis_url=url, queues=[queue])
     redis = aioredis.Redis.from_url(url, decode_responses=True)
@@ -54,7 +60,12 @@ async def conveyor_throughput(url: str, jobs: int, consumers: int, log_dir: Path
     for start in range(0, jobs, 1000):
         batch = [SubmitRequest(type="noop", queue=queue) for _ in range(min(1000, jobs - start))]
         await producer.submit_many(batch)
-    env = {"CONVEYOR_REDIS_URL": url, "CONVEYOR_QUEUES": queue, "CONVEYOR_CONCURRENCY": "200"}
+    env = {
+        "CONVEYOR_REDIS_URL": url,
+        "CONVEYOR_QUEUES": queue,
+        "CONVEYOR_CONCURRENCY": "200",
+        "CONVEYOR_LOG_LEVEL": "info" if job_logs else "warning",
+    }
     argv = [sys.executable, "-m", "conveyor.cli", "worker", "--queue", queue, "--burst"]
     procs = [spawn(argv, env, f"conveyor-{consumers}-{i}", log_dir) for i in range(consumers)]
     for proc in procs:
@@ -174,12 +185,16 @@ async def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--latency-jobs", type=int, default=300)
     parser.add_argument("--arq-latency-jobs", type=int, default=40)
+    parser.add_argument("--job-logs", action="store_true", help="consumers log every job (INFO)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as tmp:
         log_dir = Path(tmp)
         with EmbeddedRedis(log_dir / "redis") as server:
             url = server.url
-            conveyor = {n: await conveyor_throughput(url, args.jobs, n, log_dir) for n in (1, 2)}
+            conveyor = {
+                n: await conveyor_throughput(url, args.jobs, n, log_dir, job_logs=args.job_logs)
+                for n in (1, 2)
+            }
             for n, rate in conveyor.items():
                 print(f"conveyor consumers={n} jobs={args.jobs} jobs_per_s={rate:.0f}", flush=True)
             arq_jobs = min(args.jobs, 10_000)
