@@ -3,8 +3,9 @@
     .venv/bin/python -m bench.scaling [--jobs 20000]
 
 Each run is `bench.engine.conveyor_throughput` (fill a fresh queue, then let N burst-mode
-consumer processes drain it; the rate is read from the jobs' own timestamps). Alongside, a
-sampler reads Redis's `INFO` and `/proc` every 0.25 s, and each line says, over the drain:
+consumer processes drain it, writing no per-job log line; the rate is read from the jobs' own
+timestamps). Alongside, a sampler reads Redis's `INFO` and `/proc` every 0.25 s, and each line
+says, over the drain:
 
     redis_cpu      Redis's main thread, in cores (it runs every command on that one thread)
     consumers_cpu  the consumer processes together, in cores
