@@ -358,16 +358,7 @@ class Storage:
         part: memoryview,
         hasher: Any,
     ) -> str:
-        upload = OpenUpload(
-            key,
-            await self._call(
-                "start the multipart upload",
-                self._client._create_multipart_upload,
-                self.bucket,
-                key,
-                dict(headers),
-            ),
-        )
+        upload = await self._open(key, headers)
         loop = asyncio.get_running_loop()
         sent: list[Part] = []
         sending: deque[asyncio.Task[Part]] = deque()
@@ -405,6 +396,27 @@ class Storage:
             await asyncio.shield(self._abort(upload))
             raise
         return result.etag or ""
+
+    async def _open(self, key: str, headers: dict[str, str]) -> OpenUpload:
+        """Start a multipart upload. A cancel can land after S3 has created the upload and
+        before its id reaches us; the request then runs to the end and what it opened is
+        aborted, or the cancelled job would leave it open on the server."""
+        opening = asyncio.ensure_future(
+            self._call(
+                "start the multipart upload",
+                self._client._create_multipart_upload,
+                self.bucket,
+                key,
+                dict(headers),
+            )
+        )
+        try:
+            return OpenUpload(key, await asyncio.shield(opening))
+        except asyncio.CancelledError:
+            await asyncio.wait([opening])
+            if not opening.cancelled() and opening.exception() is None:
+                await asyncio.shield(self._abort(OpenUpload(key, opening.result())))
+            raise
 
     @staticmethod
     async def _collect(sending: deque[asyncio.Task[Part]], sent: list[Part]) -> None:

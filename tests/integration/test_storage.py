@@ -9,9 +9,11 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -89,6 +91,36 @@ async def test_cancel_mid_upload_aborts_it(storage: Storage, s3_queue: str) -> N
         # The reader only asks for more once the upload exists and part 1 is on its way.
         assert await storage.list_open_uploads(f"{s3_queue}/job3/") != []
         task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert await storage.list_open_uploads(f"{s3_queue}/") == []
+
+
+async def test_cancel_while_s3_opens_the_upload_still_aborts_it(
+    storage: Storage, s3_queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel lands after S3 has created the upload but before its id reaches us: the
+    upload exists on the server though the coroutine never saw it."""
+    loop = asyncio.get_running_loop()
+    opened = asyncio.Event()
+    release = threading.Event()
+    create = storage._client._create_multipart_upload
+
+    def create_then_hold(*args: Any) -> str:
+        upload_id = create(*args)
+        loop.call_soon_threadsafe(opened.set)
+        release.wait(20)
+        return upload_id
+
+    monkeypatch.setattr(storage._client, "_create_multipart_upload", create_then_hold)
+    body = os.urandom(MIN_PART_SIZE + 1)
+    task = asyncio.create_task(storage.upload(s3_queue, "job5", "big", chunked(body), "a/b"))
+    async with asyncio.timeout(20):
+        await opened.wait()
+        assert await storage.list_open_uploads(f"{s3_queue}/job5/") != []
+        task.cancel()
+        await asyncio.sleep(0)  # the cancel is delivered while the thread still holds the id
+        release.set()
         with pytest.raises(asyncio.CancelledError):
             await task
     assert await storage.list_open_uploads(f"{s3_queue}/") == []
