@@ -51,7 +51,7 @@ from consumers import metrics, registry
 from consumers.context import JobContext
 from consumers.hooks import FAILURE_GROUP, failure_hook
 from producer import Delivery, Lease, Producer
-from producer.checks import warn_if_evicting
+from producer.checks import note_stream_node_size, warn_if_evicting
 from producer.connection import redis_from_url
 from schemas.errors import PermanentError
 from schemas.keys import CONSUMER_GROUP, QueueKeys
@@ -364,6 +364,7 @@ class ConveyorWorker(Worker):
     async def _startup(self) -> None:
         await self.producer.ensure_group(self.queue)
         await warn_if_evicting(self.pool)
+        await note_stream_node_size(self.pool)
         logger.info(
             "consumer %s on queue %r: %d functions (%s), concurrency %d",
             self.consumer,

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from producer import Lease, Producer
-from producer.checks import warn_if_evicting
+from producer.checks import note_stream_node_size, warn_if_evicting
 from producer.producer import SCRIPT_BATCH
 from producer.scripts import library_source
 from schemas import CONSUMER_GROUP, TRANSITIONS, JobStatus, Settings, SubmitRequest
@@ -310,6 +310,21 @@ async def test_eviction_policy_is_reported(fresh_redis: Callable[..., Any]) -> N
         assert await warn_if_evicting(client) is None  # noeviction, as embedded Redis runs
         await client.config_set("maxmemory-policy", "allkeys-lru")
         assert await warn_if_evicting(client) == "allkeys-lru"
+    finally:
+        await client.aclose()
+
+
+async def test_a_stream_node_size_that_costs_memory_is_reported(
+    fresh_redis: Callable[..., Any],
+) -> None:
+    server = fresh_redis()
+    client = aioredis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        assert await note_stream_node_size(client) is None  # 1024, as embedded Redis runs
+        await client.config_set("stream-node-max-bytes", 4096)  # Redis's default
+        assert await note_stream_node_size(client) == 4096
+        await client.config_set("stream-node-max-bytes", 0)  # no cap: a 4 KiB first node
+        assert await note_stream_node_size(client) == 0
     finally:
         await client.aclose()
 
