@@ -51,12 +51,14 @@ end
 
 check_transition(status, 'running')
 local attempt = redis.call('HINCRBY', KEYS[3], 'attempt', 1)
-redis.call('HSET', KEYS[3], 'status', 'running', 'owner', consumer, 'updated_at', now)
+-- The handler runs again from its start, so the attempt does too, as `start_job`'s would:
+-- the lost attempt's progress is not this one's.
+redis.call('HSET', KEYS[3], 'status', 'running', 'owner', consumer, 'started_at', now,
+  'updated_at', now, 'stage', '', 'progress', '0', 'message', '')
 if status == 'running' then
   emit(KEYS[2], KEYS[3], KEYS[4], 'job.reclaimed',
     {from_owner = j[6], owner = consumer, deliveries = deliveries})
 else
-  redis.call('HSET', KEYS[3], 'started_at', now)
   emit(KEYS[2], KEYS[3], KEYS[4], 'job.started', {owner = consumer, deliveries = deliveries})
 end
 return {'running', attempt, j[3], j[4], j[5]}

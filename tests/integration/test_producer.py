@@ -272,6 +272,27 @@ async def test_stale_fencing_token_is_refused(driver: Driver, producer: Producer
     assert types == ["job.queued", "job.started", "job.reclaimed", "job.succeeded"]
 
 
+async def test_a_reclaimed_job_starts_its_new_attempt_from_nothing(
+    driver: Driver, producer: Producer, redis: aioredis.Redis
+) -> None:
+    """The new owner runs the handler from the start: the snapshot must not keep showing the
+    lost attempt's 80% until the new attempt first reports."""
+    old = await driver.running()
+    assert await producer.progress(driver.queue, old.job_id, old.attempt, 80, "encoding", "half")
+    job_key = producer.keys(driver.queue).job(old.job_id)
+    await redis.hset(job_key, "started_at", 1)  # the lost attempt started long ago
+    report = await producer.reclaim(driver.queue, "c2", min_idle_ms=0, max_deliveries=3, count=10)
+    (new,) = report.deliveries
+    job = await producer.get(driver.queue, old.job_id)
+    assert job is not None
+    assert (job.status, job.attempt, job.owner) == (JobStatus.RUNNING, new.attempt, "c2")
+    assert (job.progress, job.stage, job.message) == (0, None, None)
+    events = await redis.xrange(producer.keys(driver.queue).job_events(old.job_id))
+    reclaimed = [fields for _, fields in events if fields["event"] == "job.reclaimed"]
+    reclaimed_at = int(reclaimed[0]["ts"])  # the event's own clock reading, a moment later
+    assert job.started_at is not None and reclaimed_at - 1 <= job.started_at <= reclaimed_at
+
+
 async def test_poison_entry_is_dead_lettered_with_reason(
     driver: Driver, producer: Producer
 ) -> None:
