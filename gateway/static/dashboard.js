@@ -222,6 +222,11 @@ function onEvent(message) {
     job.cancel_requested = false;
     job.error = null;
   }
+  // Each attempt's progress is its own: the hash starts a new attempt (a retry, or another
+  // consumer's reclaim) at 0 with no stage, and so does the page.
+  if (event.event === "job.started" || event.event === "job.reclaimed") {
+    Object.assign(job, { progress: 0, stage: null, message: null });
+  }
   if (data.manual_retry) Object.assign(job, { progress: 0, stage: null, message: null, result: null });
   renderRow(job);
   if (REFETCH_AFTER.has(event.event)) refreshJob(job.id);

@@ -183,3 +183,29 @@ def test_cancel_and_retry_buttons_act_on_a_running_job(dashboard_url: str, page:
     # Cancelled again so the consumer is idle when the fixture stops it.
     row.get_by_role("button", name="Cancel").click()
     expect(row).to_have_attribute("data-status", "cancelled")
+
+
+def test_a_new_attempt_shows_no_progress_from_the_last_one(dashboard_url: str, page: Page) -> None:
+    """A retry's (or a reclaim's) `job.started` resets the row as the script resets the hash,
+    rather than showing the last attempt's figure until the new one reports. The event is
+    the one a retry would publish, handed to the page's own handler for a real job's row."""
+    connect(page, dashboard_url)
+    submit(page, "noop", {})
+    row = page.locator('tr[data-type="noop"]').first
+    expect(row).to_have_attribute("data-status", "succeeded")
+    expect(row.locator("progress")).to_have_js_property("value", 100)
+    job_id = row.get_attribute("data-job-id")
+    assert job_id
+    event = {
+        "id": "9999999999999-0",  # after every real event of the job
+        "event": "job.started",
+        "job_id": job_id,
+        "queue": "q",
+        "job_type": "noop",
+        "status": "running",
+        "attempt": 2,
+        "data": {"owner": "another-consumer"},
+    }
+    page.evaluate("event => onEvent({ data: JSON.stringify(event) })", event)
+    expect(row).to_have_attribute("data-status", "running")
+    expect(row.locator("progress")).to_have_js_property("value", 0)
