@@ -15,10 +15,19 @@ them on `job.id`).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from schemas.keys import QueueKeys
 from schemas.models import Job
+
+if TYPE_CHECKING:
+    from arq.connections import ArqRedis
+
+    from producer import Producer
+
+logger = logging.getLogger("conveyor.worker")
 
 FailureHook = Callable[[dict[str, Any], Job], Awaitable[None]]
 HOOK_ATTRIBUTE = "on_failure"
@@ -40,3 +49,53 @@ def on_failure(hook: FailureHook) -> Callable[[H], H]:
 def failure_hook(handler: Callable[..., Any]) -> FailureHook | None:
     hook: FailureHook | None = getattr(handler, HOOK_ATTRIBUTE, None)
     return hook
+
+
+class FailureHooks:
+    """One consumer's share of a queue's `on_failure` hooks: `run_pending` reads a few
+    dead-letter entries in the group, runs each one's hook and acknowledges it."""
+
+    def __init__(
+        self,
+        pool: ArqRedis,
+        producer: Producer,
+        keys: QueueKeys,
+        consumer: str,
+        hooks: Mapping[str, FailureHook],
+        ctx: dict[str, Any],
+        reclaim_idle_ms: int,
+    ) -> None:
+        self.pool = pool
+        self.producer = producer
+        self.keys = keys
+        self.consumer = consumer
+        self.hooks = hooks  # by job type
+        self.ctx = ctx
+        self.reclaim_idle_ms = reclaim_idle_ms
+
+    async def run_pending(self) -> None:
+        # New entries first, then ones a dead consumer left unacknowledged.
+        reply = await self.pool.xreadgroup(
+            FAILURE_GROUP, self.consumer, {self.keys.dead: ">"}, count=16, block=1000
+        )
+        rows = [row for _, stream_rows in reply or () for row in stream_rows]
+        if not rows:
+            _, rows, _ = await self.pool.xautoclaim(
+                self.keys.dead, FAILURE_GROUP, self.consumer, self.reclaim_idle_ms, count=16
+            )
+        for entry_id, fields in rows:
+            if fields:  # None: trimmed while pending
+                await self._run(fields)
+            await self.pool.xack(self.keys.dead, FAILURE_GROUP, entry_id)
+
+    async def _run(self, fields: dict[str, str]) -> None:
+        hook = self.hooks.get(fields.get("type", ""))
+        job = await self.producer.get(self.keys.queue, fields["job_id"])
+        if hook is None or job is None:
+            return
+        try:
+            await hook(self.ctx, job)
+        except Exception:
+            # Acknowledged anyway: a hook that raises would raise again; the error is logged
+            # with the job's identity for a person to follow up.
+            logger.exception("on_failure hook for job %s raised", job.id, extra={"job_id": job.id})

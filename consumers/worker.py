@@ -47,9 +47,9 @@ from arq.worker import Function, Retry, Worker
 from redis.exceptions import BusyLoadingError, ConnectionError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from consumers import metrics, registry
+from consumers import metrics, registry, roster
 from consumers.context import JobContext
-from consumers.hooks import FAILURE_GROUP, failure_hook
+from consumers.hooks import FAILURE_GROUP, FailureHooks, failure_hook
 from producer import Delivery, Lease, Producer
 from producer.checks import note_stream_node_size, warn_if_evicting
 from producer.connection import redis_from_url
@@ -673,87 +673,39 @@ class ConveyorWorker(Worker):
         with long jobs does not fetch, and must not look dead."""
 
         async def beat() -> None:
-            await self.pool.hset(  # type: ignore[misc]
-                self.keys.consumer_seen(), self.consumer, str(int(time.time() * 1000))
-            )
+            await roster.mark_seen(self.pool, self.keys, self.consumer)
             await self.record_health()
 
         await self._every(HEARTBEAT_S, beat)
 
     async def _compensate(self) -> None:
         """Run `on_failure` hooks for this queue's failed jobs (see consumers/hooks.py)."""
-        if not any(failure_hook(f.coroutine) for f in self._functions()):
+        hooks = {
+            name: hook
+            for name, function in self.functions.items()
+            if isinstance(function, Function) and (hook := failure_hook(function.coroutine))
+        }
+        if not hooks:
             return
         await self.producer.ensure_group(self.queue, FAILURE_GROUP)
-
-        async def step() -> None:
-            # New entries first, then ones a dead consumer left unacknowledged.
-            reply = await self.pool.xreadgroup(
-                FAILURE_GROUP, self.consumer, {self.keys.dead: ">"}, count=16, block=1000
-            )
-            rows = [row for _, stream_rows in reply or () for row in stream_rows]
-            if not rows:
-                _, rows, _ = await self.pool.xautoclaim(
-                    self.keys.dead,
-                    FAILURE_GROUP,
-                    self.consumer,
-                    int(self.settings.visibility_timeout_s * 1000),
-                    count=16,
-                )
-            for entry_id, fields in rows:
-                if fields:  # None: trimmed while pending
-                    await self._run_failure_hook(fields)
-                await self.pool.xack(self.keys.dead, FAILURE_GROUP, entry_id)
-
-        await self._every(0.1, step)  # paced by the 1 s XREADGROUP block when idle
-
-    async def _run_failure_hook(self, fields: dict[str, str]) -> None:
-        function = self.functions.get(fields.get("type", ""))
-        hook = failure_hook(function.coroutine) if isinstance(function, Function) else None
-        job = await self.producer.get(self.queue, fields["job_id"])
-        if hook is None or job is None:
-            return
-        try:
-            await hook(self.ctx, job)
-        except Exception:
-            # Acknowledged anyway: a hook that raises would raise again; the error is logged
-            # with the job's identity for a person to follow up.
-            logger.exception("on_failure hook for job %s raised", job.id, extra={"job_id": job.id})
+        runner = FailureHooks(
+            self.pool,
+            self.producer,
+            self.keys,
+            self.consumer,
+            hooks,
+            self.ctx,
+            reclaim_idle_ms=int(self.settings.visibility_timeout_s * 1000),
+        )
+        await self._every(0.1, runner.run_pending)  # paced by its 1 s block when idle
 
     async def _forget_gone_consumers(self) -> None:
-        """Remove consumers not seen for `consumer_idle_cleanup_s` that hold nothing, so
-        `XINFO CONSUMERS` stays truthful. A live one removed by mistake (it could not be:
-        every fetch marks it seen) would be recreated by its next XREADGROUP."""
+        idle_s = self.settings.consumer_idle_cleanup_s
 
-        async def step() -> None:
-            seen = await self.pool.hgetall(self.keys.consumer_seen())  # type: ignore[misc]
-            cutoff_ms = (time.time() - self.settings.consumer_idle_cleanup_s) * 1000
-            for stream, group in (
-                (self.keys.jobs, CONSUMER_GROUP),
-                (self.keys.dead, FAILURE_GROUP),
-            ):
-                try:
-                    consumers = await self.pool.xinfo_consumers(stream, group)
-                except ResponseError:  # no such group (yet)
-                    continue
-                for consumer in consumers:
-                    name = consumer["name"]
-                    if name == self.consumer or consumer["pending"]:
-                        continue
-                    if int(seen.get(name, 0)) < cutoff_ms:
-                        # Not a MULTI: redis-py refuses transactions on a cluster. In this
-                        # order, a pass cut in between leaves a consumer never seen, which
-                        # the next pass removes.
-                        async with self.pool.pipeline(transaction=False) as pipe:
-                            pipe.hdel(self.keys.consumer_seen(), name)
-                            pipe.xgroup_delconsumer(stream, group, name)
-                            await pipe.execute()
-                        logger.info("removed consumer %s from %s (gone)", name, group)
+        async def forget() -> None:
+            await roster.forget_gone_consumers(self.pool, self.keys, self.consumer, idle_s)
 
-        await self._every(min(60.0, self.settings.consumer_idle_cleanup_s), step)
-
-    def _functions(self) -> list[Function]:
-        return [f for f in self.functions.values() if isinstance(f, Function)]
+        await self._every(min(60.0, idle_s), forget)
 
     # --- arq hooks ---------------------------------------------------------------------------
 
