@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Self
 
 from conveyor.process import EmbeddedServer, ManagedProcess, free_port, wait_until
+from producer.checks import STREAM_NODE_MAX_BYTES
 
 __all__ = ["EmbeddedRedis", "EmbeddedRedisError", "find_redis_server"]
 
@@ -118,8 +119,9 @@ class EmbeddedRedis(EmbeddedServer):
             # Redis preallocates a stream's first node at this size (capped at 4 KiB), and
             # every job has its own events stream, kept for the retention period: at the
             # default 4096 a finished job held 5.5 KB, at 1024 it holds 2.5 KB. The capped
-            # queue events stream grows from 12.5 to 16 MiB at 100,000 entries.
-            "--stream-node-max-bytes", "1024",
+            # queue events stream grows from 12.5 to 16 MiB at 100,000 entries. The same
+            # value is what workers check a Redis of one's own against.
+            "--stream-node-max-bytes", str(STREAM_NODE_MAX_BYTES),
             # Logged to stdout, which ManagedProcess writes to redis.log: a config error
             # printed before Redis opens any logfile lands in the same file.
             "--logfile", "",
