@@ -12,7 +12,15 @@ import redis.asyncio as aioredis
 
 from producer import Producer
 from producer.connection import redis_from_url
-from schemas import CONSUMER_GROUP, TERMINAL_EVENTS, Event, QueueKeys, Settings, SubmitRequest
+from schemas import (
+    CONSUMER_GROUP,
+    TERMINAL_EVENTS,
+    Event,
+    JobIdentity,
+    QueueKeys,
+    Settings,
+    SubmitRequest,
+)
 from schemas.errors import UnknownJobType
 
 
@@ -52,21 +60,22 @@ async def _submit(
         print(submitted.job_id, flush=True)
         if not wait:
             return 0
-        last = await _follow(redis, QueueKeys(queue, settings.key_prefix), submitted.job_id)
+        job = JobIdentity(submitted.job_id, queue, job_type, tenant)
+        last = await _follow(redis, QueueKeys(queue, settings.key_prefix), job)
         return 0 if last is not None and last.event.value == "job.succeeded" else 1
     finally:
         await redis.aclose()
 
 
-async def _follow(redis: aioredis.Redis, keys: QueueKeys, job_id: str) -> Event | None:
+async def _follow(redis: aioredis.Redis, keys: QueueKeys, job: JobIdentity) -> Event | None:
     """Print the job's events (history, then live) until its terminal one."""
     last_id = "0"
     while True:
-        reply = await redis.xread({keys.job_events(job_id): last_id}, block=5000)
+        reply = await redis.xread({keys.job_events(job.job_id): last_id}, block=5000)
         for _, rows in reply or ():
             for entry_id, fields in rows:
                 last_id = entry_id
-                event = Event.from_entry(entry_id, fields)
+                event = Event.from_entry(entry_id, fields, job)
                 print(_describe(event), flush=True)
                 if event.event in TERMINAL_EVENTS:
                     return event

@@ -44,6 +44,7 @@ from redis.exceptions import RedisError
 from gateway.metrics import Metrics
 from gateway.subscriber import Outgoing, Subscriber, parse_id
 from gateway.throttle import ProgressThrottle
+from producer.producer import job_history
 from schemas.keys import QueueKeys
 from schemas.models import Event
 from schemas.settings import Settings
@@ -300,11 +301,9 @@ class Hub:
         for job_id, subs in list(self._jobs.items()):
             if not any(s.queue == queue for s in subs):
                 continue
-            rows = await self.redis.xrange(
-                keys.job_events(job_id), f"({position}", f"({first_read}"
-            )
-            for entry_id, fields in rows:
-                self.dispatch_to(list(subs), Event.from_entry(entry_id, fields))
+            history = await job_history(self.redis, keys, job_id, f"({position}", f"({first_read}")
+            for event in history:
+                self.dispatch_to(list(subs), event)
         for tenant_subs in list(self._tenants.values()):
             for sub in list(tenant_subs):
                 if sub.queues is None or queue in sub.queues:

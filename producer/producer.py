@@ -20,7 +20,7 @@ from redis.exceptions import ResponseError
 from producer.scripts import Scripts
 from schemas.errors import JobNotFound, TransitionRefused
 from schemas.keys import CONSUMER_GROUP, JOB_EVENTS_SUFFIX, QueueKeys
-from schemas.models import Artifact, Event, Job, SubmitRequest
+from schemas.models import Artifact, Event, Job, JobIdentity, SubmitRequest
 from schemas.settings import Settings
 
 JSON_SEPARATORS = (",", ":")
@@ -119,6 +119,30 @@ class ReclaimReport:
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def job_history(
+    redis: Redis,
+    keys: QueueKeys,
+    job_id: str,
+    start: str = "-",
+    end: str = "+",
+    count: int | None = None,
+) -> list[Event]:
+    """Entries of the job's own events stream from `start` to `end`, as events. Those
+    entries leave out who the job is, so its hash is read in the same round trip to say it;
+    the two expire together, so a job with no hash has no history left either."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hmget(keys.job(job_id), ["type", "tenant"])
+        pipe.xrange(keys.job_events(job_id), start, end, count)
+        (job_type, tenant), entries = await pipe.execute()
+    if job_type is None:
+        return []
+    job = JobIdentity(job_id, keys.queue, _s(job_type), _s(tenant or ""))
+    return [
+        Event.from_entry(_s(entry_id), {_s(k): _s(v) for k, v in fields.items()}, job)
+        for entry_id, fields in entries
+    ]
 
 
 class Producer:
@@ -244,11 +268,7 @@ class Producer:
     ) -> list[Event]:
         """The job's own event history, after `after` (exclusive) when given."""
         start = f"({after}" if after else "-"
-        entries = await self.redis.xrange(self.keys(queue).job_events(job_id), start, "+", count)
-        return [
-            Event.from_entry(_s(entry_id), {_s(k): _s(v) for k, v in fields.items()})
-            for entry_id, fields in entries
-        ]
+        return await job_history(self.redis, self.keys(queue), job_id, start, count=count)
 
     async def cancel(self, queue: str, job_id: str, reason: str = "cancelled by request") -> str:
         """`cancelled` (it ended now) or `requested` (it is running; its worker will stop it)."""

@@ -2,7 +2,7 @@
 
 from schemas.events import EVENT_FOR_STATUS, TERMINAL_EVENTS, EventType
 from schemas.keys import CONSUMER_GROUP, DEFAULT_PREFIX, QueueKeys
-from schemas.models import Artifact, Event, Job, SubmitRequest
+from schemas.models import Artifact, Event, Job, JobIdentity, SubmitRequest
 from schemas.settings import Settings, get_settings
 from schemas.status import INITIAL, TERMINAL, TRANSITIONS, JobStatus, can_transition
 
@@ -18,6 +18,7 @@ __all__ = [
     "Event",
     "EventType",
     "Job",
+    "JobIdentity",
     "JobStatus",
     "QueueKeys",
     "Settings",

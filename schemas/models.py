@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -111,6 +113,25 @@ class Job(BaseModel):
         )
 
 
+@dataclass(frozen=True)
+class JobIdentity:
+    """Who a job is: what an entry of the job's own events stream leaves out (see
+    `append_event` in the scripts) and `Event.from_entry` puts back."""
+
+    job_id: str
+    queue: str
+    job_type: str
+    tenant: str = ""
+
+    def fields(self) -> dict[str, str]:
+        return {
+            "job_id": self.job_id,
+            "queue": self.queue,
+            "job_type": self.job_type,
+            "tenant": self.tenant,
+        }
+
+
 class Event(BaseModel):
     """One entry of an events stream. `id` is the stream entry id, the same in the
     queue's stream and the job's own, so it is a valid SSE `Last-Event-ID` for both."""
@@ -127,7 +148,13 @@ class Event(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
-    def from_entry(cls, entry_id: str, fields: dict[str, str]) -> Event:
+    def from_entry(
+        cls, entry_id: str, fields: Mapping[str, str], job: JobIdentity | None = None
+    ) -> Event:
+        """An entry of the queue's stream, which names its job; or, given `job`, of that
+        job's own stream, whose entries leave the job's identity to their key."""
+        if job is not None:
+            fields = {**job.fields(), **fields}
         return cls(
             id=entry_id,
             event=EventType(fields["event"]),

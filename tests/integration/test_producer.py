@@ -16,7 +16,7 @@ from producer import Lease, Producer
 from producer.checks import note_stream_node_size, warn_if_evicting
 from producer.producer import SCRIPT_BATCH
 from producer.scripts import library_source
-from schemas import CONSUMER_GROUP, TRANSITIONS, JobStatus, Settings, SubmitRequest
+from schemas import CONSUMER_GROUP, TRANSITIONS, Event, JobStatus, Settings, SubmitRequest
 from schemas.errors import JobNotFound, TransitionRefused
 from tests.integration.conftest import Driver, wait_for_terminal
 
@@ -82,6 +82,25 @@ async def test_running_to_succeeded_ends_the_delivery(driver: Driver, producer: 
     assert await driver.redis.xlen(jobs_key) == 0
     assert (await driver.redis.xpending(jobs_key, "workers"))["pending"] == 0
     assert await driver.redis.ttl(producer.keys(driver.queue).job(delivery.job_id)) > 0
+
+
+async def test_the_jobs_history_tells_what_the_queues_stream_told(
+    driver: Driver, producer: Producer
+) -> None:
+    delivery = await driver.running()
+    assert await producer.succeed(delivery, {"n": 1})
+    keys = producer.keys(driver.queue)
+    told = [
+        Event.from_entry(entry_id, fields)
+        for entry_id, fields in await driver.redis.xrange(keys.events)
+        if fields["job_id"] == delivery.job_id
+    ]
+    assert [e.event.value for e in told] == ["job.queued", "job.started", "job.succeeded"]
+    assert told[0].tenant == "t1" and told[0].job_type == "noop"
+    assert await producer.events(driver.queue, delivery.job_id) == told
+    # The job's own entries leave its identity to the key and the hash: none is stored twice.
+    for _, fields in await driver.redis.xrange(keys.job_events(delivery.job_id)):
+        assert sorted(fields) == ["attempt", "data", "event", "status", "ts"]
 
 
 async def test_running_to_scheduled_on_retryable_error(driver: Driver, producer: Producer) -> None:

@@ -55,16 +55,18 @@ end
 -- so an SSE `Last-Event-ID` means the same thing in both. `job` is the job's
 -- {id, queue, type, tenant, status, attempt} as the event reports them; `data` is a table, or
 -- a JSON object already encoded by the caller (cjson would turn an empty list into `{}`).
+-- The job's own entry leaves out who the job is (id, queue, type, tenant): its key and the
+-- job's hash say that, and each field costs every event of every job its append, its AOF
+-- bytes and its memory for the retention.
 -- Returns the id; the caller records it as the hash's `last_event_id`. For scripts that
 -- already hold the job's fields: no read of the hash, and one HSET for the whole change.
 local function append_event(events_key, job_events_key, event, data, job, ts)
   if type(data) ~= 'string' then data = cjson.encode(data or {}) end
-  local fields = {
-    'event', event, 'job_id', job[1], 'queue', job[2], 'job_type', job[3], 'tenant', job[4],
-    'status', job[5], 'attempt', job[6], 'ts', ts, 'data', data
-  }
-  local id = redis.call('XADD', events_key, 'MAXLEN', '~', EVENTS_MAXLEN, '*', unpack(fields))
-  redis.call('XADD', job_events_key, 'MAXLEN', '~', JOB_EVENTS_MAXLEN, id, unpack(fields))
+  local id = redis.call('XADD', events_key, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'event', event,
+    'job_id', job[1], 'queue', job[2], 'job_type', job[3], 'tenant', job[4], 'status', job[5],
+    'attempt', job[6], 'ts', ts, 'data', data)
+  redis.call('XADD', job_events_key, 'MAXLEN', '~', JOB_EVENTS_MAXLEN, id, 'event', event,
+    'status', job[5], 'attempt', job[6], 'ts', ts, 'data', data)
   return id
 end
 
