@@ -22,7 +22,8 @@ local function succeed(job_key, job_events_key, entry_id, attempt, result, artif
   local job = {j[3], j[4], j[5], j[6], 'succeeded', j[2]}
   local id = append_event(KEYS[2], job_events_key, 'job.succeeded', data, job, now)
   redis.call('HSET', job_key, 'status', 'succeeded', 'result', result, 'artifacts', artifacts,
-    'progress', '100', 'error', '', 'finished_at', now, 'updated_at', now, 'last_event_id', id)
+    'progress', '100', 'finished_at', now, 'updated_at', now, 'last_event_id', id)
+  if attempt ~= '1' then redis.call('HSET', job_key, 'error', '') end  -- a retry's old error
   expire_finished(job_key, job_events_key, j[7])
   return 1
 end

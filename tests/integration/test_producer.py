@@ -114,6 +114,38 @@ async def test_running_to_scheduled_on_retryable_error(driver: Driver, producer:
     assert (await driver.event_types(delivery.job_id))[-1] == "job.retrying"
 
 
+async def test_a_jobs_own_stream_stays_capped_however_much_it_reports(
+    redis: aioredis.Redis, settings: Settings, queue_name: str
+) -> None:
+    producer = Producer(redis, settings.model_copy(update={"job_events_maxlen": 20}))
+    driver = Driver(producer, redis, queue_name)
+    delivery = await driver.running()
+    for percent in range(500):
+        assert await producer.progress(queue_name, delivery.job_id, delivery.attempt, percent / 5)
+    assert await producer.succeed(delivery, {})
+    # `~` trims whole stream nodes only, so the length stays within a node of the cap.
+    length = await redis.xlen(producer.keys(queue_name).job_events(delivery.job_id))
+    assert 20 <= length < 100
+    assert (await driver.event_types(delivery.job_id))[-1] == "job.succeeded"
+
+
+async def test_a_retry_starts_from_nothing_and_its_success_clears_the_error(
+    driver: Driver, producer: Producer
+) -> None:
+    first = await driver.running()
+    assert await producer.progress(driver.queue, first.job_id, first.attempt, 60, "encoding", "hi")
+    await producer.fail(first, "flaky", retryable=True, backoff_ms=0, default_max_attempts=5)
+    assert await producer.promote(driver.queue) == (1, None)
+    entries = await driver.deliver()
+    (second,) = await producer.start(driver.queue, entries, "c2")
+    job = await producer.get(driver.queue, first.job_id)
+    assert job is not None and job.attempt == second.attempt == first.attempt + 1
+    assert (job.progress, job.stage, job.message, job.error) == (0, None, None, "flaky")
+    assert await producer.succeed(second, {"n": 2})
+    job = await producer.get(driver.queue, first.job_id)
+    assert job is not None and (job.status, job.error, job.progress) == (S.SUCCEEDED, None, 100)
+
+
 async def test_running_to_failed_dead_letters(driver: Driver, producer: Producer) -> None:
     delivery = await driver.running()
     outcome = await producer.fail(

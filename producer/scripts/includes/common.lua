@@ -56,8 +56,9 @@ end
 -- {id, queue, type, tenant, status, attempt} as the event reports them; `data` is a table, or
 -- a JSON object already encoded by the caller (cjson would turn an empty list into `{}`).
 -- The job's own entry leaves out who the job is (id, queue, type, tenant): its key and the
--- job's hash say that, and each field costs every event of every job its append, its AOF
--- bytes and its memory for the retention.
+-- job's hash say that. Nor does its XADD trim: `emit` does, and the batch scripts' events
+-- (started, succeeded) come at most two in a row between `emit`s. Every argument here is
+-- paid on every event of every job: parsed, copied into the AOF, and kept for the retention.
 -- Returns the id; the caller records it as the hash's `last_event_id`. For scripts that
 -- already hold the job's fields: no read of the hash, and one HSET for the whole change.
 local function append_event(events_key, job_events_key, event, data, job, ts)
@@ -65,8 +66,8 @@ local function append_event(events_key, job_events_key, event, data, job, ts)
   local id = redis.call('XADD', events_key, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'event', event,
     'job_id', job[1], 'queue', job[2], 'job_type', job[3], 'tenant', job[4], 'status', job[5],
     'attempt', job[6], 'ts', ts, 'data', data)
-  redis.call('XADD', job_events_key, 'MAXLEN', '~', JOB_EVENTS_MAXLEN, id, 'event', event,
-    'status', job[5], 'attempt', job[6], 'ts', ts, 'data', data)
+  redis.call('XADD', job_events_key, id, 'event', event, 'status', job[5], 'attempt', job[6],
+    'ts', ts, 'data', data)
   return id
 end
 
@@ -76,6 +77,7 @@ local function emit(events_key, job_key, job_events_key, event, data)
   local job = redis.call('HMGET', job_key, 'id', 'queue', 'type', 'tenant', 'status', 'attempt')
   local id = append_event(events_key, job_events_key, event, data, job, tostring(now_ms()))
   redis.call('HSET', job_key, 'last_event_id', id)
+  redis.call('XTRIM', job_events_key, 'MAXLEN', '~', JOB_EVENTS_MAXLEN)
   return id
 end
 

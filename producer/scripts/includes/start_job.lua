@@ -26,8 +26,13 @@ local function start_job(jobs_key, events_key, job_key, job_events_key, entry_id
   local job = {j[7], j[8], j[3], j[9], 'running', string.format('%d', attempt)}
   local data = '{"owner":' .. cjson.encode(consumer) .. '}'
   local id = append_event(events_key, job_events_key, 'job.started', data, job, now)
-  redis.call('HSET', job_key, 'status', 'running', 'attempt', job[6], 'owner', consumer,
-    'started_at', now, 'updated_at', now, 'stage', '', 'progress', '0', 'message', '',
-    'last_event_id', id)
+  if attempt == 1 then  -- nothing ran before: no progress to reset
+    redis.call('HSET', job_key, 'status', 'running', 'attempt', job[6], 'owner', consumer,
+      'started_at', now, 'updated_at', now, 'last_event_id', id)
+  else
+    redis.call('HSET', job_key, 'status', 'running', 'attempt', job[6], 'owner', consumer,
+      'started_at', now, 'updated_at', now, 'stage', '', 'progress', '0', 'message', '',
+      'last_event_id', id)
+  end
   return {'started', attempt, j[3], j[4], j[5]}
 end
