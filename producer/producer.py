@@ -40,8 +40,13 @@ def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+# One encoder for every call: `json.dumps` with any non-default option builds a new one each
+# time, and a consumer serialises every job's result with it.
+_ENCODER = json.JSONEncoder(separators=JSON_SEPARATORS, ensure_ascii=False)
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=JSON_SEPARATORS, ensure_ascii=False)
+    return _ENCODER.encode(value)
 
 
 @dataclass(frozen=True, slots=True)
