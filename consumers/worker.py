@@ -63,7 +63,7 @@ from schemas.settings import Settings
 logger = logging.getLogger("conveyor.worker")
 T = TypeVar("T")
 
-CANCEL_POLL_S = 0.5  # a cancel request reaches a running handler within this (plus a trip)
+CANCEL_POLL_S = 0.5  # a cancel reaches a running handler within 1.5 polls (plus a trip)
 HELPER_STOP_S = 2.0
 REDIS_RETRY_S = 0.5
 HEARTBEAT_S = 5.0
@@ -85,6 +85,15 @@ def consumer_name() -> str:
     """Unique per process, readable in `XINFO CONSUMERS`: host, pid, and a random tail so a
     restarted process with a recycled pid is a new consumer."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def clear_own_cancel() -> None:
+    """The job's task was cancelled by this worker (`Running.stop`) and goes on to record why:
+    clear the cancel, or every later await in the task (that write included) would see a
+    cancellation still pending."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 def backoff_ms(attempt: int, base_s: float, cap_s: float) -> int:
@@ -143,10 +152,11 @@ class Running:
         self.delivery = delivery
         self.lane = lane
         self.task: asyncio.Task[Any] | None = None
-        self.stop_reason: str | None = None  # "cancelled" | "lease_lost"
+        self.stop_reason: str | None = None  # "cancelled" | "lease_lost" | "timed_out"
         self.holds_slot = True  # its handler runs (or may): counts against concurrency
         self.outcome: tuple[Any, list[Artifact]] | None = None  # (result, artifacts)
         self.log_fields: dict[str, Any] = {}
+        self.since = time.monotonic()
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None and self.task is not None and not self.task.done():
@@ -441,8 +451,8 @@ class ConveyorWorker(Worker):
 
     async def _run(self, running: Running) -> None:
         """Run one delivery and record its outcome with one fenced script. The handler runs
-        in this task: a cancel request, a lost lease or a shutdown cancels the task, and
-        `running.stop_reason` says which."""
+        in this task: a cancel request, a lost lease, its timeout or a shutdown cancels the
+        task, and `running.stop_reason` says which."""
         d = running.delivery
         function = self.functions.get(d.type)
         if not isinstance(function, Function):  # arq keeps cron jobs here too; we run none
@@ -459,22 +469,28 @@ class ConveyorWorker(Worker):
             max(0.0, time.time() - entry_time_s(d.entry_id))
         )
         log.debug("started %s attempt %d", d.type, d.attempt)
+        timeout: asyncio.TimerHandle | None = None
         try:
             if self.on_job_start:
                 await self.on_job_start(self.ctx)
-            async with asyncio.timeout(timeout_s):
-                # arq types ctx as a dict; ours is a JobContext that also answers ctx["name"].
-                result = await function.coroutine(ctx, **d.payload)  # type: ignore[arg-type]
+            # The timeout stops the task like a cancel does: one timer, where asyncio.timeout
+            # costs a no-op job a tenth of the consumer's time (py-spy, a 40,000-job drain).
+            timeout = asyncio.get_running_loop().call_later(timeout_s, running.stop, "timed_out")
+            # arq types ctx as a dict; ours is a JobContext that also answers ctx["name"].
+            result = await function.coroutine(ctx, **d.payload)  # type: ignore[arg-type]
         except asyncio.CancelledError:
-            await self._stopped(running, log)
-            return
-        except TimeoutError:
+            if running.stop_reason != "timed_out":
+                await self._stopped(running, log)
+                return
+            clear_own_cancel()
             await self._fail(d, TimeoutError(f"timed out after {timeout_s:g}s"), function, ctx)
             return
         except Exception as exc:
             await self._fail(d, exc, function, ctx)
             return
         finally:
+            if timeout is not None:
+                timeout.cancel()
             if self.on_job_end:
                 await self.on_job_end(self.ctx)
         duration_s, stages = ctx.timings()
@@ -495,11 +511,7 @@ class ConveyorWorker(Worker):
         if running.stop_reason is None:
             log.info("shutting down: left pending for another consumer to reclaim")
             raise asyncio.CancelledError
-        # A cancel we asked for ourselves: clear it, or every later await in this task (the
-        # write below included) would see a cancellation still pending.
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
+        clear_own_cancel()
         if running.stop_reason == "cancelled":
             if await self._persist(lambda: self.producer.cancelled(d, "cancelled by request")):
                 self.jobs_cancelled += 1
@@ -619,10 +631,15 @@ class ConveyorWorker(Worker):
         await self._every(self.settings.lease_renew_interval_s, renew)
 
     async def _watch_cancels(self) -> None:
+        """Poll the cancel flag of the jobs that have run for half a poll or more: a cancel
+        still reaches its handler within 1.5 polls of the request. Most jobs of a busy worker
+        end younger than that, and polling every running job cost a no-op drain 6% of the
+        consumer's time (py-spy)."""
+
         async def watch() -> None:
-            if not self.running:
-                return
-            for job_id in await self.producer.cancel_requested(self.queue, list(self.running)):
+            settled = time.monotonic() - CANCEL_POLL_S / 2
+            job_ids = [job_id for job_id, r in self.running.items() if r.since <= settled]
+            for job_id in await self.producer.cancel_requested(self.queue, job_ids):
                 if job_id in self.running:
                     self.running[job_id].stop("cancelled")
 
