@@ -1,0 +1,121 @@
+"""What Redis executes per no-op job of a drain, for Conveyor and for BullMQ, counted in
+instructions by callgrind: a figure that holds on a shared machine, where the wall-clock
+rates of `bench.bullmq` move 15% between rounds.
+
+    .venv/bin/python -m bench.redis_cost [--jobs 2000]
+
+Needs `valgrind` (Debian: apt-get install valgrind) and, for BullMQ, `node` and `npm` (as
+`bench.bullmq`). Each system gets its own redis-server under callgrind, configured as
+`conveyor run` runs it (AOF on) except that AOF rewrites are off, so a rewrite's fork cannot
+land in one side's count. Each fills a queue, the counters are zeroed, one consumer drains
+it (Conveyor's worker process; a BullMQ Worker at concurrency 200), and the counters are
+read. Only Redis is counted, not the consumers. Prints one line:
+`conveyor_kinstr_per_job=N bullmq_kinstr_per_job=M ratio=R` (ratio below 1: Conveyor's
+Redis does less work per job).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from bench.bullmq import HERE as BULLMQ_DIR
+from bench.bullmq import ensure_bullmq
+from bench.engine import spawn
+from conveyor.embedded_redis import EmbeddedRedis
+from producer import Producer
+from schemas import Settings, SubmitRequest
+
+
+class CallgrindRedis(EmbeddedRedis):
+    """The embedded Redis, run under callgrind; its counters are zeroed and read by pid."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir, extra_args=["--auto-aof-rewrite-percentage", "0"])
+
+    def argv(self, executable: str, port: int) -> list[str]:
+        out = self.data_dir / "callgrind.%p"
+        return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                *super().argv(executable, port)]  # fmt: skip
+
+    def _control(self, action: str) -> None:
+        argv = ["callgrind_control", action, str(self.pid)]
+        subprocess.run(argv, check=True, capture_output=True)
+
+    def zero(self) -> None:
+        self._control("--zero")
+
+    def instructions(self) -> int:
+        """Instructions since `zero`, from a dump requested now."""
+        self._control("--dump")
+        for dump in self.data_dir.glob(f"callgrind.{self.pid}.*"):
+            for line in dump.read_text().splitlines():
+                if line.startswith("totals:"):
+                    return int(line.split()[1])
+        raise RuntimeError(f"callgrind wrote no dump under {self.data_dir}")
+
+
+async def conveyor_cost(jobs: int, data_dir: Path) -> float:
+    with CallgrindRedis(data_dir / "redis") as server:
+        url, queue = server.url, "cost"
+        redis = aioredis.Redis.from_url(url, decode_responses=True)
+        producer = Producer(redis, Settings(redis_url=url, queues=[queue]))
+        await producer.ensure_group(queue)
+        for start in range(0, jobs, 500):
+            batch = [SubmitRequest(type="noop", queue=queue) for _ in range(min(500, jobs - start))]
+            await producer.submit_many(batch)
+        await redis.aclose()
+        server.zero()
+        env = {"CONVEYOR_REDIS_URL": url, "CONVEYOR_QUEUES": queue, "CONVEYOR_CONCURRENCY": "200",
+               "CONVEYOR_LOG_LEVEL": "warning"}  # fmt: skip
+        argv = [sys.executable, "-m", "conveyor.cli", "worker", "--queue", queue, "--burst"]
+        worker = spawn(argv, env, "conveyor-cost", data_dir)
+        assert worker.proc is not None
+        await asyncio.to_thread(worker.proc.wait, 1800)
+        return server.instructions() / jobs
+
+
+def bullmq_cost(node: str, jobs: int, data_dir: Path) -> float:
+    with CallgrindRedis(data_dir / "redis") as server:
+        env = {**os.environ, "BENCH_REDIS_PORT": str(server.port), "BENCH_JOBS": str(jobs)}
+        with subprocess.Popen(
+            [node, "drain_on_cue.cjs"], cwd=BULLMQ_DIR, env=env, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        ) as drain:  # fmt: skip
+            assert drain.stdin is not None and drain.stdout is not None
+            if drain.stdout.readline().strip() != "filled":
+                raise RuntimeError("BullMQ's fill did not finish")
+            server.zero()
+            drain.stdin.write("go\n")
+            drain.stdin.flush()
+            if drain.stdout.readline().strip() != "drained":
+                raise RuntimeError("BullMQ's drain did not finish")
+        return server.instructions() / jobs
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=2000)
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("bench.redis_cost needs valgrind (apt-get install valgrind)")
+    node = ensure_bullmq()
+    with tempfile.TemporaryDirectory(prefix="conveyor-cost-") as tmp:
+        ours = await conveyor_cost(args.jobs, Path(tmp) / "conveyor")
+        theirs = bullmq_cost(node, args.jobs, Path(tmp) / "bullmq")
+    print(
+        f"conveyor_kinstr_per_job={ours / 1000:.0f} bullmq_kinstr_per_job={theirs / 1000:.0f} "
+        f"ratio={ours / theirs:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
