@@ -20,26 +20,28 @@ if ARGV[14] == '1' then
 end
 
 local now = now_ms()
-local status = 'queued'
-if delay_ms > 0 then status = 'scheduled' end
-
+local ts = tostring(now)
+-- A new job's fields are all known here: its event is appended from them and the hash is
+-- written once (a read-back `emit` and three HSETs cost a submit 20% more). `wait_field`
+-- says where it waits: its entry in the jobs stream, or its due time.
+local status, event, data, wait_field, wait_value = 'queued', 'job.queued', '{}', 'entry_id', nil
+if delay_ms > 0 then
+  local due = tostring(now + delay_ms)
+  status, event, data = 'scheduled', 'job.scheduled', '{"due_at":' .. due .. '}'
+  wait_field, wait_value = 'due_at', due
+  redis.call('ZADD', KEYS[5], due, job_id)
+else
+  wait_value = redis.call('XADD', KEYS[1], '*', 'job_id', job_id, 'type', job_type, 'attempt', '0')
+end
+local id = append_event(KEYS[2], KEYS[4], event, data,
+  {job_id, queue, job_type, tenant, status, '0'}, ts)
 redis.call('HSET', KEYS[3],
   'id', job_id, 'queue', queue, 'type', job_type, 'tenant', tenant, 'status', status,
   'payload', ARGV[9], 'attempt', '0', 'attempt_floor', '0', 'max_attempts', ARGV[10],
   'timeout_s', ARGV[11], 'progress', '0', 'cancel_requested', '0',
-  'created_at', tostring(now), 'updated_at', tostring(now),
-  'idem_key', (ARGV[14] == '1') and KEYS[6] or '')
+  'created_at', ts, 'updated_at', ts, 'idem_key', (ARGV[14] == '1') and KEYS[6] or '',
+  wait_field, wait_value, 'last_event_id', id)
 redis.call('ZADD', KEYS[7], now, job_id)
 -- The index outlives no job: ids older than the retention have expired hashes.
 redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - RETENTION_S * 1000)
-
-if status == 'scheduled' then
-  local due = now + delay_ms
-  redis.call('ZADD', KEYS[5], due, job_id)
-  redis.call('HSET', KEYS[3], 'due_at', tostring(due))
-  emit(KEYS[2], KEYS[3], KEYS[4], 'job.scheduled', {due_at = due})
-else
-  enqueue(KEYS[1], KEYS[3], job_id, job_type, 0)
-  emit(KEYS[2], KEYS[3], KEYS[4], 'job.queued', {})
-end
 return {1, job_id}
