@@ -23,9 +23,9 @@ Not used (arq's sorted-set path, never called by the `main` here)
     `_cancel_aborted_jobs`, `heart_beat`, `run_cron`.
 
 Alongside the loop run small tasks: lease renewal, reclaiming idle entries of dead consumers,
-promoting due delayed jobs, watching for cancel requests, the heartbeat, the `on_failure`
-hooks (their runner is in consumers/hooks.py) and the removal of consumers long gone
-(consumers/roster.py).
+promoting due delayed jobs, watching for cancel requests, stopping handlers past their
+timeout, the heartbeat, the `on_failure` hooks (their runner is in consumers/hooks.py) and
+the removal of consumers long gone (consumers/roster.py).
 """
 
 from __future__ import annotations

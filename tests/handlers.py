@@ -26,6 +26,11 @@ async def permanent(ctx: JobContext, reason: str = "bad input") -> None:
     raise PermanentError(reason)
 
 
+async def upstream_timeout(ctx: JobContext) -> None:
+    """Its own TimeoutError (a client library's deadline), not the job's timeout."""
+    raise TimeoutError("upstream took too long")
+
+
 async def flaky(ctx: JobContext, fail_attempts: int = 1, defer_s: float = 0.05) -> int:
     """arq's control-flow exception: retry after `defer_s`."""
     if ctx.attempt <= fail_attempts:
@@ -80,4 +85,5 @@ class WorkerSettings:
         func(record, name="record"),  # type: ignore[arg-type]
         func(sleep, name="short_timeout", timeout=0.3, max_tries=2),  # type: ignore[arg-type]
         func(charge, name="charge"),  # type: ignore[arg-type]
+        func(upstream_timeout, name="upstream_timeout", max_tries=1),  # type: ignore[arg-type]
     ]

@@ -108,6 +108,16 @@ async def test_declared_max_tries_and_timeout_apply(
     assert job.error == "TimeoutError: timed out after 0.3s"
 
 
+async def test_a_handlers_own_timeout_error_is_reported_as_itself(
+    driver: Driver, producer: Producer, drain: Callable[..., Awaitable[ConveyorWorker]]
+) -> None:
+    job_id = await driver.submit("upstream_timeout")
+    await drain()
+    job = await producer.get(driver.queue, job_id)
+    assert job is not None and job.status is S.FAILED
+    assert job.error == "TimeoutError: upstream took too long"
+
+
 async def test_permanent_error_is_not_retried(
     driver: Driver, producer: Producer, drain: Callable[..., Awaitable[ConveyorWorker]]
 ) -> None:
