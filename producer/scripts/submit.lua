@@ -31,7 +31,7 @@ if delay_ms > 0 then
   wait_field, wait_value = 'due_at', due
   redis.call('ZADD', KEYS[5], due, job_id)
 else
-  wait_value = redis.call('XADD', KEYS[1], '*', 'job_id', job_id, 'type', job_type, 'attempt', '0')
+  wait_value = add_entry(KEYS[1], job_id, job_type, 0)
 end
 local id = append_event(KEYS[2], KEYS[4], event, data,
   {job_id, queue, job_type, tenant, status, '0'}, ts)

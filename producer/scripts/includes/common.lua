@@ -99,9 +99,14 @@ local function holds_lease(job_key, attempt)
   return j[1] == 'running' and j[2] == attempt
 end
 
-local function enqueue(jobs_key, job_key, job_id, job_type, attempt)
-  local entry_id = redis.call('XADD', jobs_key, '*', 'job_id', job_id, 'type', job_type,
+-- The job's delivery entry; the caller records the returned id as the hash's `entry_id`.
+local function add_entry(jobs_key, job_id, job_type, attempt)
+  return redis.call('XADD', jobs_key, '*', 'job_id', job_id, 'type', job_type,
     'attempt', tostring(attempt))
+end
+
+local function enqueue(jobs_key, job_key, job_id, job_type, attempt)
+  local entry_id = add_entry(jobs_key, job_id, job_type, attempt)
   redis.call('HSET', job_key, 'entry_id', entry_id)
   return entry_id
 end

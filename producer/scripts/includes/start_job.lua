@@ -26,13 +26,10 @@ local function start_job(jobs_key, events_key, job_key, job_events_key, entry_id
   local job = {j[7], j[8], j[3], j[9], 'running', string.format('%d', attempt)}
   local data = '{"owner":' .. cjson.encode(consumer) .. '}'
   local id = append_event(events_key, job_events_key, 'job.started', data, job, now)
-  if attempt == 1 then  -- nothing ran before: no progress to reset
-    redis.call('HSET', job_key, 'status', 'running', 'attempt', job[6], 'owner', consumer,
-      'started_at', now, 'updated_at', now, 'last_event_id', id)
-  else
-    redis.call('HSET', job_key, 'status', 'running', 'attempt', job[6], 'owner', consumer,
-      'started_at', now, 'updated_at', now, 'stage', '', 'progress', '0', 'message', '',
-      'last_event_id', id)
+  redis.call('HSET', job_key, 'status', 'running', 'attempt', job[6], 'owner', consumer,
+    'started_at', now, 'updated_at', now, 'last_event_id', id)
+  if attempt > 1 then  -- a retry: the earlier attempt's progress is not this one's
+    redis.call('HSET', job_key, 'stage', '', 'progress', '0', 'message', '')
   end
   return {'started', attempt, j[3], j[4], j[5]}
 end
