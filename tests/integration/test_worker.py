@@ -97,35 +97,31 @@ async def test_retry_exhausted_fails_and_dead_letters(
     assert (await driver.event_types(job_id)).count("job.failed") == 1
 
 
-async def test_declared_max_tries_and_timeout_apply(
-    driver: Driver, producer: Producer, drain: Callable[..., Awaitable[ConveyorWorker]]
+@pytest.mark.parametrize(
+    ("job_type", "payload", "attempts", "error"),
+    [
+        # declared with timeout=0.3 and max_tries=2 (tests/handlers.py)
+        ("short_timeout", {"seconds": 30}, 2, "TimeoutError: timed out after 0.3s"),
+        # its own TimeoutError (a client library's deadline), not the job's timeout
+        ("upstream_timeout", {}, 1, "TimeoutError: upstream took too long"),
+        # a PermanentError is not retried
+        ("permanent", {"reason": "no such file"}, 1, "PermanentError: no such file"),
+    ],
+)
+async def test_a_failed_job_records_its_attempts_and_its_error(
+    driver: Driver,
+    producer: Producer,
+    drain: Callable[..., Awaitable[ConveyorWorker]],
+    job_type: str,
+    payload: dict[str, Any],
+    attempts: int,
+    error: str,
 ) -> None:
-    """`short_timeout` is declared with timeout=0.3 and max_tries=2 (tests/handlers.py)."""
-    job_id = await driver.submit("short_timeout", payload={"seconds": 30})
+    job_id = await driver.submit(job_type, payload=payload)
     await drain()
     job = await producer.get(driver.queue, job_id)
-    assert job is not None and job.status is S.FAILED and job.attempt == 2
-    assert job.error == "TimeoutError: timed out after 0.3s"
-
-
-async def test_a_handlers_own_timeout_error_is_reported_as_itself(
-    driver: Driver, producer: Producer, drain: Callable[..., Awaitable[ConveyorWorker]]
-) -> None:
-    job_id = await driver.submit("upstream_timeout")
-    await drain()
-    job = await producer.get(driver.queue, job_id)
-    assert job is not None and job.status is S.FAILED
-    assert job.error == "TimeoutError: upstream took too long"
-
-
-async def test_permanent_error_is_not_retried(
-    driver: Driver, producer: Producer, drain: Callable[..., Awaitable[ConveyorWorker]]
-) -> None:
-    job_id = await driver.submit("permanent", payload={"reason": "no such file"})
-    await drain()
-    job = await producer.get(driver.queue, job_id)
-    assert job is not None and job.status is S.FAILED and job.attempt == 1
-    assert job.error == "PermanentError: no such file"
+    assert job is not None and job.status is S.FAILED and job.attempt == attempts
+    assert job.error == error
 
 
 async def test_arq_retry_defer_is_honoured(
