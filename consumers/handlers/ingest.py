@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -73,11 +74,32 @@ def blocked_reason(ip: IPAddress) -> str | None:
     return None if ip.is_global else "not globally routable"
 
 
+def _host_and_port(entry: str) -> tuple[str, int | None]:
+    """An allow-list entry: `host` (every port), `host:port`, `[v6]` or `[v6]:port`. A bare
+    IPv6 address (`::1`) has several colons and names every port too."""
+    entry = entry.strip().lower()
+    bracketed = re.fullmatch(r"\[([^\]]+)\](?::(\d{1,5}))?", entry)
+    if bracketed:
+        host, port = bracketed.groups()
+        return host, int(port) if port else None
+    name, sep, port = entry.rpartition(":")
+    if sep and ":" not in name and port.isdigit():
+        return name, int(port)
+    return entry, None
+
+
 class _GuardedBackend(httpcore.AsyncNetworkBackend):
     """httpcore's network backend with the address check between resolving and connecting."""
 
     def __init__(self, allowed_hosts: Iterable[str]) -> None:
-        self._allowed = {h.strip().strip("[]").lower() for h in allowed_hosts if h.strip()}
+        self._any_port: set[str] = set()
+        self._ports: set[tuple[str, int]] = set()
+        for entry in allowed_hosts:
+            host, port = _host_and_port(entry)
+            if host and port is None:
+                self._any_port.add(host)
+            elif host and port is not None:
+                self._ports.add((host, port))
         self._inner = httpcore.AnyIOBackend()
 
     async def connect_tcp(
@@ -88,7 +110,7 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        allowed = host.lower() in self._allowed
+        allowed = host.lower() in self._any_port or (host.lower(), port) in self._ports
         addresses = await self._resolve(host, port, timeout)
         if not allowed:
             for ip in addresses:
@@ -197,9 +219,17 @@ async def ingest_url(
     ctx: JobContext, url: str, name: str | None = None, max_bytes: int | None = None
 ) -> dict[str, Any]:
     """Stream `url`'s body into this job's storage as `name` (default: the URL's last path
-    segment), refusing more than `max_bytes` (default `CONVEYOR_INGEST_MAX_BYTES`)."""
+    segment), refusing more than `max_bytes`. `CONVEYOR_INGEST_MAX_BYTES` is the operator's
+    cap: a payload's `max_bytes` may lower it, never raise it."""
     settings: Settings = ctx.get("settings") or get_settings()
-    limit = settings.ingest_max_bytes if max_bytes is None else int(max_bytes)
+    limit = settings.ingest_max_bytes
+    if max_bytes is not None:
+        try:
+            limit = min(limit, int(max_bytes))
+        except (TypeError, ValueError):
+            raise IngestRefused(f"max_bytes: {max_bytes!r} is not a whole number") from None
+        if limit < 0:
+            raise IngestRefused(f"max_bytes: {max_bytes!r} is negative")
     try:
         target = httpx.URL(url)
     except httpx.InvalidURL as exc:

@@ -115,6 +115,18 @@ async def test_loopback_refused_by_default(make_ctx: Any, origin: Origin, host: 
     assert origin.paths == []  # refused before connecting
 
 
+async def test_an_allowed_host_port_entry_allows_that_port_only(
+    make_ctx: Any, origin: Origin
+) -> None:
+    port = origin.server_address[1]
+    for entry in [f"127.0.0.1:{port}", f"[127.0.0.1]:{port}"]:
+        result = await ingest_url(make_ctx([entry]), f"{origin.base}/bytes/10", name="x")
+        assert result["size"] == 10
+    with pytest.raises(IngestRefused, match="refusing to fetch"):
+        await ingest_url(make_ctx([f"127.0.0.1:{port + 1}"]), f"{origin.base}/bytes/10")
+    assert origin.paths == ["/bytes/10", "/bytes/10"]
+
+
 @pytest.mark.parametrize("target", ["http://localhost:{port}/bytes/10", "http://[::1]:{port}/"])
 async def test_redirect_to_loopback_refused(make_ctx: Any, origin: Origin, target: str) -> None:
     to = target.format(port=origin.server_address[1])
@@ -164,6 +176,29 @@ async def test_streamed_body_over_limit_refused_and_upload_aborted(
         await ingest_url(ctx, f"{origin.base}/stream/{2 * MIN_PART_SIZE}")
     assert ctx.storage.artifacts == []
     assert await storage.list_open_uploads(f"{s3_queue}/") == []
+
+
+@pytest.mark.parametrize("path", ["bytes", "stream"])
+async def test_a_payload_max_bytes_cannot_raise_the_operators_cap(
+    make_ctx: Any, origin: Origin, storage: Storage, s3_queue: str, path: str
+) -> None:
+    """With and without a Content-Length: the payload asks for 10x the cap and gets the cap."""
+    cap = 100_000
+    ctx = make_ctx(["127.0.0.1"], ingest_max_bytes=cap)
+    with pytest.raises(IngestRefused, match="limit"):
+        await ingest_url(ctx, f"{origin.base}/{path}/{cap + 1}", max_bytes=10 * cap)
+    assert ctx.storage.artifacts == []
+    assert await storage.list_open_uploads(f"{s3_queue}/") == []
+    # Lowering it still works, and a body within both limits is ingested whole.
+    with pytest.raises(IngestRefused, match="limit"):
+        await ingest_url(ctx, f"{origin.base}/{path}/1001", max_bytes=1000)
+    assert (await ingest_url(ctx, f"{origin.base}/{path}/{cap}", max_bytes=10 * cap))["size"] == cap
+
+
+async def test_a_max_bytes_that_is_not_a_whole_number_is_refused(make_ctx: Any) -> None:
+    for bad in ["lots", -1, [1]]:
+        with pytest.raises(IngestRefused, match="max_bytes"):
+            await ingest_url(make_ctx(["127.0.0.1"]), "http://127.0.0.1:1/x", max_bytes=bad)
 
 
 @pytest.mark.parametrize(
