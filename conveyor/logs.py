@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -19,6 +20,20 @@ from pythonjsonlogger.json import JsonFormatter
 from schemas.settings import Settings
 
 TEXT_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+# An SSE link carries its event token in the query string (EventSource cannot send headers).
+SECRET_QUERY = re.compile(r"((?:^|[?&])token=)[^&\s]*")
+
+
+class RedactTokens(logging.Filter):
+    """Takes event tokens out of uvicorn's access lines: a token in a log is a token anyone
+    reading the logs may use until it expires. uvicorn passes the path, query included, as
+    the third argument of each access record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], SECRET_QUERY.sub(r"\1[redacted]", args[2]), *args[3:])
+        return True
 
 
 class ReusingJsonFormatter(JsonFormatter):
@@ -60,9 +75,16 @@ def configure_logging(settings: Settings, process: str) -> None:
             )
         )
     skip_unused_record_attributes()
+    redact_access_lines()
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+
+
+def redact_access_lines() -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactTokens) for f in access.filters):
+        access.addFilter(RedactTokens())
 
 
 def skip_unused_record_attributes() -> None:
