@@ -8,6 +8,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from gateway.app import create_app
+from gateway.connection_limits import limited_protocol
 from schemas.settings import Settings
 
 # SSE responses stay open; on SIGTERM sse-starlette ends them, and this bounds the rest.
@@ -35,6 +36,10 @@ def listening_socket(host: str, port: int, send_buffer_bytes: int) -> socket.soc
 def serve(settings: Settings) -> None:
     config = uvicorn.Config(
         create_app(settings),
+        # What one connection may hold: its headers' size, its time to send them and a body.
+        http=limited_protocol(
+            settings.max_header_bytes, settings.header_timeout_s, settings.body_timeout_s
+        ),
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         proxy_headers=True,
         # Logging is configured by the caller (`conveyor gateway`: JSON lines, see
