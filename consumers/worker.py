@@ -59,6 +59,7 @@ from schemas.errors import PermanentError
 from schemas.keys import CONSUMER_GROUP, QueueKeys
 from schemas.models import Artifact
 from schemas.settings import Settings
+from schemas.strict_json import NotStrictJson, check_json
 
 logger = logging.getLogger("conveyor.worker")
 T = TypeVar("T")
@@ -106,7 +107,8 @@ def backoff_ms(attempt: int, base_s: float, cap_s: float) -> int:
 
 def describe(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return text[:MAX_ERROR_CHARS]
+    # A lone surrogate in a message (a payload's text echoed back) cannot reach Redis as UTF-8.
+    return text[:MAX_ERROR_CHARS].encode("utf-8", "replace").decode()
 
 
 class JobLog(logging.LoggerAdapter[logging.Logger]):
@@ -494,6 +496,13 @@ class ConveyorWorker(Worker):
         finally:
             if self.on_job_end:
                 await self.on_job_end(self.ctx)
+        try:
+            check_json(result, "result")
+        except NotStrictJson as exc:
+            # Retrying would return the same: a permanent failure that says why, not a lane
+            # that dies encoding it, nor a stored value that no reader can encode again.
+            await self._fail(d, PermanentError(f"the result cannot be stored: {exc}"), None, ctx)
+            return
         duration_s, stages = ctx.timings()
         metrics.labelled(metrics.DURATION, d.queue, d.type).observe(duration_s)
         for artifact in ctx.artifacts:

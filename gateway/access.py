@@ -9,14 +9,12 @@ from gateway.deps import Gateway
 from gateway.errors import redis_deadline
 from gateway.models import JobResource, Links, PageLinks
 from schemas.errors import JobNotFound
-from schemas.models import Job
-
-MAX_JOB_ID = 128
+from schemas.models import JOB_ID, Job
 
 
 async def own_job(gw: Gateway, tenant: str, job_id: str) -> Job:
-    if not job_id or len(job_id) > MAX_JOB_ID:
-        raise JobNotFound(job_id[:MAX_JOB_ID])
+    if not JOB_ID.fullmatch(job_id):
+        raise JobNotFound(job_id[:64])
     async with redis_deadline(gw.settings.redis_timeout_s):
         job = await gw.producer.find(job_id)
     if job is None or job.tenant != tenant:

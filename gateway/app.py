@@ -58,6 +58,8 @@ def create_app(settings: Settings) -> FastAPI:
             metrics=metrics,
             job_types=known_job_types(settings),
         )
+        if not settings.api_keys:
+            log.warning("CONVEYOR_API_KEYS is empty: every request to /v1 will be refused (401)")
         if not settings.token_secret:
             log.info("CONVEYOR_TOKEN_SECRET unset: event tokens are valid on this process only")
         hub.start()

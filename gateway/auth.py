@@ -77,6 +77,9 @@ class EventTokens:
             return None
         if expires < (now if now is not None else time.time()):
             return None
-        if not hmac.compare_digest(signature, self._sign(scope, tenant, expires)):
+        # Bytes, not str: compare_digest refuses a str holding non-ASCII (a TypeError, once
+        # a 500 for any caller who put a non-ASCII character into a token).
+        expected = self._sign(scope, tenant, expires).encode()
+        if not hmac.compare_digest(signature.encode(), expected):
             return None
         return tenant

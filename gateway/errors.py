@@ -3,8 +3,11 @@
 ConveyorError (schemas.errors)
 ├── JobNotFound          404 (also another tenant's job: no existence leak)
 ├── TransitionRefused    409 with the job's current `status`
+├── IdempotencyConflict  409: the Idempotency-Key names a job the caller does not own
 ├── UnknownJobType       422
 └── RedisUnavailable     503 with Retry-After: Redis did not answer within the deadline
+
+and Redis's own refusals: OOM (maxmemory under noeviction) is 503 `store_full`.
 """
 
 from __future__ import annotations
@@ -19,10 +22,18 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 
-from schemas.errors import ConveyorError, JobNotFound, TransitionRefused, UnknownJobType
+from schemas.errors import (
+    ConveyorError,
+    IdempotencyConflict,
+    JobNotFound,
+    TransitionRefused,
+    UnknownJobType,
+)
+from schemas.strict_json import MAX_JSON_DEPTH
 
 log = logging.getLogger("conveyor.gateway")
 
@@ -70,6 +81,11 @@ async def _validation(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    if isinstance(exc.__cause__, RecursionError):
+        # FastAPI's body parser ran out of stack: JSON nested hundreds of levels deep.
+        why = f"nested deeper than {MAX_JSON_DEPTH} levels"
+        detail = [{"loc": ["body"], "msg": why, "type": "value_error"}]
+        return error(422, "validation_error", f"body: {why}", detail=detail)
     response = error(exc.status_code, _code_for(exc.status_code), str(exc.detail))
     if exc.headers:
         response.headers.update(exc.headers)
@@ -89,6 +105,8 @@ def _code_for(status: int) -> str:
 async def _conveyor(_: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, JobNotFound):
         return error(404, "not_found", str(exc))
+    if isinstance(exc, IdempotencyConflict):
+        return error(409, "conflict", str(exc))
     if isinstance(exc, TransitionRefused):
         return error(409, "conflict", str(exc), status=exc.status)
     if isinstance(exc, UnknownJobType):
@@ -100,6 +118,21 @@ async def _conveyor(_: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, RedisUnavailable):
         return error(503, "unavailable", str(exc))
     log.error("unexpected %s", type(exc).__name__, exc_info=exc)
+    return error(500, "internal", "internal error")
+
+
+async def _redis_refused(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ResponseError)
+    # Scripts fail before their first write when Redis is out of memory (Redis refuses only
+    # a script that has not written yet), so nothing was half-written either.
+    if isinstance(exc, OutOfMemoryError) or str(exc).startswith("OOM") or " OOM " in str(exc):
+        return error(
+            503,
+            "store_full",
+            "the job store is full: Redis reached maxmemory (policy noeviction) and refused "
+            "the write; nothing was written. Retry after memory is freed or maxmemory raised.",
+        )
+    log.error("unexpected Redis error: %s", exc)
     return error(500, "internal", "internal error")
 
 
@@ -118,4 +151,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ConveyorError, _conveyor)
     app.add_exception_handler(RedisConnectionError, _redis_down)
     app.add_exception_handler(RedisTimeoutError, _redis_down)
+    app.add_exception_handler(ResponseError, _redis_refused)
     app.add_exception_handler(Exception, _unexpected)

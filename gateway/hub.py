@@ -127,10 +127,35 @@ class Hub:
         self.dispatched += 1
 
     def dispatch_to(self, subs: list[Subscriber], event: Event) -> None:
+        if not subs:
+            return
         out = Outgoing(event)
+        try:
+            out.frame(with_id=True)  # encoded once here, so a failure is met before any push
+        except ValueError as exc:  # pydantic's serialisation errors are ValueErrors
+            self._undeliverable(subs, event, exc)
+            return
         for sub in subs:
             if not sub.push(out):
                 self.unsubscribe(sub)
+
+    def _undeliverable(self, subs: list[Subscriber], event: Event, exc: Exception) -> None:
+        """An event that cannot be encoded is skipped for its own subscribers, never retried:
+        one job's unencodable data once stalled the reader, and every tenant's live events
+        with it. A job's stream still ends after its terminal event, skipped or not."""
+        self.metrics.hub_undeliverable.inc()
+        log.warning(
+            "hub: %s %s of job %s cannot be encoded (%s): skipped for its %d subscribers",
+            event.event.value,
+            event.id,
+            event.job_id,
+            exc,
+            len(subs),
+        )
+        if event.event.is_terminal:
+            for sub in subs:
+                if sub.job_id is not None:
+                    sub.close()
 
     # --- progress throttle: once per job for every client -------------------------------
 
@@ -274,9 +299,16 @@ class Hub:
                 await self._refill_if_trimmed(stream, entries[0][0])
             now_ms = time.time() * 1000
             for entry_id, fields in entries:
-                event = Event.from_entry(entry_id, fields)
-                self.offer(event)
+                # The position moves past every entry, readable or not: an entry that raised
+                # here was once read again, and again, holding back everything after it.
                 self.positions[stream] = entry_id
+                try:
+                    event = Event.from_entry(entry_id, fields)
+                except (ValueError, KeyError) as exc:  # not an event this version can read
+                    self.metrics.hub_undeliverable.inc()
+                    log.warning("hub: unreadable entry %s of %s skipped: %s", entry_id, stream, exc)
+                    continue
+                self.offer(event)
                 self.metrics.hub_lag.set(max(0.0, now_ms - event.ts) / 1000)
             self.metrics.hub_events.inc(len(entries))
             self.metrics.hub_dispatch.observe(time.perf_counter() - started)

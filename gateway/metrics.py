@@ -42,6 +42,11 @@ class Metrics:
         self.hub_errors = Counter(
             "conveyor_gateway_hub_reader_errors", "Redis errors seen by the hub reader", registry=r
         )
+        self.hub_undeliverable = Counter(
+            "conveyor_gateway_hub_undeliverable_events",
+            "Events the hub skipped because they could not be read or encoded",
+            registry=r,
+        )
         self.redis_up = Gauge(
             "conveyor_gateway_redis_up", "1 when Redis answered the last scrape", registry=r
         )

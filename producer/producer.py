@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from producer.scripts import Scripts
-from schemas.errors import JobNotFound, TransitionRefused
+from schemas.errors import IdempotencyConflict, JobNotFound, TransitionRefused
 from schemas.keys import CONSUMER_GROUP, JOB_EVENTS_SUFFIX, QueueKeys
 from schemas.models import Artifact, Event, Job, JobIdentity, SubmitRequest
 from schemas.settings import Settings
@@ -216,7 +216,16 @@ class Producer:
         created, job_id = await self.scripts.run(
             "submit", *self._submit_call(request, tenant, idempotency_key)
         )
+        if int(created) < 0:
+            raise IdempotencyConflict(idempotency_key or "")
         return Submitted(_s(job_id), request.queue, bool(int(created)))
+
+    async def idempotent_job(self, queue: str, tenant: str, key: str) -> Job | None:
+        """The tenant's job that an earlier submit with `key` created in `queue`, if it is
+        still there. A job found under the key but owned by anyone else is not returned."""
+        job_id = await self.redis.get(self.keys(queue).idempotency(tenant, key))
+        job = await self.get(queue, _s(job_id)) if job_id else None
+        return job if job is not None and job.tenant == tenant else None
 
     async def submit_many(
         self, requests: Sequence[SubmitRequest], *, tenant: str = ""

@@ -4,6 +4,7 @@ ConveyorError
 ├── JobNotFound          no such job (or not the caller's: the same answer, no leak)
 ├── TransitionRefused    the job's status does not allow the request (HTTP 409)
 ├── UnknownJobType       no handler is registered for the type (HTTP 422)
+├── IdempotencyConflict  the Idempotency-Key names a job the caller does not own (HTTP 409)
 └── HandlerError         raised by handlers to steer what happens next
     ├── PermanentError   fail now: retrying cannot help (bad input, 4xx upstream)
     └── RetryableError   fail this attempt: retry with backoff if attempts are left
@@ -34,6 +35,12 @@ class UnknownJobType(ConveyorError):
     def __init__(self, job_type: str, known: list[str]) -> None:
         super().__init__(f"unknown job type {job_type!r}; known types: {', '.join(sorted(known))}")
         self.job_type = job_type
+
+
+class IdempotencyConflict(ConveyorError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"Idempotency-Key {key!r} is in use by a job that is not yours")
+        self.key = key
 
 
 class HandlerError(ConveyorError):

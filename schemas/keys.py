@@ -6,11 +6,16 @@ Cluster slot and every script touches one slot. Nothing else in Conveyor spells 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 CONSUMER_GROUP = "workers"
 DEFAULT_PREFIX = "conveyor"
 JOB_EVENTS_SUFFIX = ":events"  # a job's own events stream: its hash's key and this
+# Tenants are spelled inside keys (`idem:{tenant}:{key}`, `tenant:{tenant}:jobs`) beside parts
+# a caller chooses. With no `:` in a tenant name those keys parse one way only: tenants `acme`
+# and `acme:prod` once shared `idem:acme:prod:order-42`. Checked when keys are configured.
+TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +61,8 @@ class QueueKeys:
         return f"{self.job(job_id)}{JOB_EVENTS_SUFFIX}"
 
     def idempotency(self, tenant: str, key: str) -> str:
+        """String: the job id an `Idempotency-Key` made. `tenant` never holds a `:`
+        (TENANT_NAME), so the first `:` after it ends it."""
         return f"{self.base}:idem:{tenant}:{key}"
 
     def tenant_jobs(self, tenant: str) -> str:

@@ -12,9 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.events import EventType
 from schemas.status import JobStatus
+from schemas.strict_json import MAX_JSON_DEPTH, check_json
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 JOB_TYPE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+# What `producer.new_job_id` makes. A path's job id is checked against it before it is spelled
+# into a key: `<id>:events` once named the job's events stream and answered WRONGTYPE (500).
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class SubmitRequest(BaseModel):
@@ -23,11 +27,20 @@ class SubmitRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: str = Field(pattern=JOB_TYPE_NAME.pattern, description="a registered job type")
-    payload: dict[str, Any] = Field(default_factory=dict)
+    payload: dict[str, Any] = Field(
+        default_factory=dict,
+        description=f"a JSON object: finite numbers, UTF-8 text, {MAX_JSON_DEPTH} levels at most",
+    )
     queue: str = Field(default="default", pattern=QUEUE_NAME.pattern)
     delay_s: float = Field(default=0, ge=0, le=365 * 24 * 3600)
     max_attempts: int | None = Field(default=None, ge=1, le=100)
     timeout_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+
+    @field_validator("payload")
+    @classmethod
+    def _strict_json(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_json(value, "payload")
+        return value
 
 
 class Artifact(BaseModel):

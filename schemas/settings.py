@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from schemas.keys import TENANT_NAME
+
+API_KEY = re.compile(r"^[\x21-\x2b\x2d-\x7e]{1,256}$")  # visible ASCII but ','
 
 
 def _split_csv(value: object) -> object:
@@ -17,7 +22,10 @@ def _split_csv(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", env_file=".env", extra="ignore")
+    # Errors name the setting and what is wrong, never echo its value: many are secrets.
+    model_config = SettingsConfigDict(
+        env_prefix="CONVEYOR_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     # Where things are. Unset endpoints mean `conveyor run` starts embedded servers.
     redis_url: str | None = None
@@ -47,6 +55,9 @@ class Settings(BaseSettings):
     port: int = 8000
     api_keys: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     token_secret: str | None = None
+    # /metrics is open by default (scrapers on a private network); set a key to require
+    # `Authorization: Bearer <metrics_key>` there.
+    metrics_key: str | None = None
     event_token_ttl_s: int = 3600
     max_payload_bytes: int = 256 * 1024
     redis_timeout_s: float = 2.0
@@ -60,6 +71,15 @@ class Settings(BaseSettings):
     # Per job, at most one job.progress event per this interval goes to clients (coalesced).
     sse_progress_interval_s: float = 0.2
     presign_ttl_s: int = 300
+    # Request line and headers of one request, at most (more is answered 431): what a client
+    # can make the gateway buffer before the request reaches the app.
+    max_header_bytes: int = 64 * 1024
+    # A connection whose request headers are not complete this long after they began is
+    # closed: slow-drip clients (slowloris) cannot hold connections and file descriptors.
+    header_timeout_s: float = 10.0
+    # Likewise for a request body still arriving this long after its headers (the app's own
+    # time and responses, SSE included, are not counted).
+    body_timeout_s: float = 30.0
 
     # `conveyor run`.
     consumers: int = 2
@@ -105,21 +125,51 @@ class Settings(BaseSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _key_tenant_pairs(cls, value: object) -> object:
+        """`key=tenant,key=tenant`, split at each item's last `=`: a key may end in base64
+        padding (`c2VjcmV0==acme` is key `c2VjcmV0=`), a tenant name holds no `=`. A key
+        given twice is refused rather than silently taking its last tenant."""
         if not isinstance(value, str):
             return value
         pairs: dict[str, str] = {}
         for item in value.split(","):
             if not item.strip():
                 continue
-            key, sep, tenant = item.partition("=")
+            key, sep, tenant = item.strip().rpartition("=")
             if not sep or not key.strip() or not tenant.strip():
                 raise ValueError(f"CONVEYOR_API_KEYS entry {item.strip()!r} is not key=tenant")
-            pairs[key.strip()] = tenant.strip()
+            key, tenant = key.strip(), tenant.strip()
+            if key in pairs:
+                raise ValueError(
+                    f"CONVEYOR_API_KEYS names key {_redacted(key)} twice "
+                    f"(tenants {pairs[key]!r} and {tenant!r}): each key belongs to one tenant"
+                )
+            pairs[key] = tenant
         return pairs
+
+    @field_validator("api_keys")
+    @classmethod
+    def _usable_keys_and_tenants(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, tenant in value.items():
+            if not API_KEY.fullmatch(key):
+                raise ValueError(
+                    f"CONVEYOR_API_KEYS: key {_redacted(key)} must be 1-256 visible ASCII "
+                    "characters without ',' (what a Bearer header can carry)"
+                )
+            if not TENANT_NAME.fullmatch(tenant):
+                raise ValueError(
+                    f"CONVEYOR_API_KEYS: tenant {tenant!r} must be 1-64 of A-Z a-z 0-9 _ . @ -, "
+                    "starting with a letter or digit (tenant names are part of Redis keys)"
+                )
+        return value
 
     @property
     def lease_renew_interval_s(self) -> float:
         return self.visibility_timeout_s / 3
+
+
+def _redacted(key: str) -> str:
+    """Enough of a key to find it in a config file, not enough to use it."""
+    return repr(key[:4] + "…") if len(key) > 6 else "(a short key)"
 
 
 @lru_cache(maxsize=1)

@@ -31,6 +31,14 @@ async def upstream_timeout(ctx: JobContext) -> None:
     raise TimeoutError("upstream took too long")
 
 
+async def unstorable(ctx: JobContext, kind: str) -> Any:
+    """Returns what JSON cannot carry: its job must fail once, saying why."""
+    deep: Any = 1
+    for _ in range(300):
+        deep = {"a": deep}
+    return {"deep": deep, "nan": float("nan"), "set": {1, 2}}[kind]
+
+
 async def flaky(ctx: JobContext, fail_attempts: int = 1, defer_s: float = 0.05) -> int:
     """arq's control-flow exception: retry after `defer_s`."""
     if ctx.attempt <= fail_attempts:
@@ -85,5 +93,6 @@ class WorkerSettings:
         func(record, name="record"),  # type: ignore[arg-type]
         func(sleep, name="short_timeout", timeout=0.3, max_tries=2),  # type: ignore[arg-type]
         func(charge, name="charge"),  # type: ignore[arg-type]
+        func(unstorable, name="unstorable"),  # type: ignore[arg-type]
         func(upstream_timeout, name="upstream_timeout", max_tries=1),  # type: ignore[arg-type]
     ]

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Any
 
 import httpx
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from gateway.deps import Gateway, GatewayDep
+from gateway.deps import Credentials, Gateway, GatewayDep
 from gateway.errors import RedisUnavailable, redis_deadline
+from gateway.models import ErrorBody
+from producer.checks import store_full
 
 # Consumers mark themselves seen every 5 s (consumers/worker.py, HEARTBEAT_S): three missed
 # beats and a consumer no longer counts as alive.
@@ -34,7 +37,7 @@ async def readyz(gw: GatewayDep) -> Any:
     try:
         async with redis_deadline(gw.settings.redis_timeout_s):
             await gw.redis.ping()
-        checks["redis"] = "ok"
+            checks["redis"] = await store_full(gw.redis) or "ok"
     except (RedisUnavailable, RedisError) as exc:
         checks["redis"] = f"unreachable: {exc}"
     if gw.settings.s3_endpoint:
@@ -58,9 +61,14 @@ async def _s3_check(gw: Gateway) -> str:
     return "ok"
 
 
-@router.get("/metrics", response_class=Response)
-async def metrics(gw: GatewayDep) -> Response:
-    """Prometheus text: gateway counters, and queue depth/pending/lag for autoscalers."""
+@router.get("/metrics", response_class=Response, responses={401: {"model": ErrorBody}})
+async def metrics(gw: GatewayDep, credentials: Credentials) -> Response:
+    """Prometheus text: gateway counters, and queue depth/pending/lag for autoscalers.
+    Open unless CONVEYOR_METRICS_KEY is set; then that key is required as a Bearer token."""
+    required = gw.settings.metrics_key
+    given = credentials.credentials if credentials else ""
+    if required and not hmac.compare_digest(given.encode(), required.encode()):
+        raise HTTPException(401, "/metrics needs the metrics key", {"WWW-Authenticate": "Bearer"})
     m = gw.metrics
     try:
         async with redis_deadline(gw.settings.redis_timeout_s):

@@ -16,17 +16,21 @@ from gateway.errors import QueueNotConfigured, RedisUnavailable, redis_deadline
 from gateway.listing import decode_cursor, encode_cursor, list_jobs
 from gateway.models import ActionResult, ErrorBody, JobPage, JobResource
 from schemas.errors import UnknownJobType
-from schemas.models import SubmitRequest
+from schemas.models import Job, SubmitRequest
 from schemas.status import JobStatus
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+MAYBE_CREATED = (
+    "the job may have been created: submit again with the same Idempotency-Key to get that "
+    "job rather than a second one"
+)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing or unknown API key"},
     404: {"model": ErrorBody, "description": "no such job (or another tenant's)"},
-    503: {"model": ErrorBody, "description": "Redis did not answer in time"},
+    503: {"model": ErrorBody, "description": "Redis did not answer in time, or is full"},
 }
 
 
@@ -50,7 +54,7 @@ async def submit(
     ] = None,
 ) -> Any:
     settings = gw.settings
-    if idempotency_key is not None and not IDEMPOTENCY_KEY.match(idempotency_key):
+    if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         return _bad_header("Idempotency-Key", "must be 1-255 visible ASCII characters")
     if "queue" not in body.model_fields_set:  # the first configured queue is the default
         body = body.model_copy(update={"queue": settings.queues[0]})
@@ -58,34 +62,35 @@ async def submit(
         raise QueueNotConfigured(body.queue, settings.queues)
     if body.type not in gw.job_types:
         raise UnknownJobType(body.type, sorted(gw.job_types))
-    async with redis_deadline(settings.redis_timeout_s):
-        job = None
-        if idempotency_key is not None:
-            job = await _earlier_job(gw, tenant, idempotency_key, body.queue)
-        if job is None:
-            submitted = await gw.producer.submit(
-                body, tenant=tenant, idempotency_key=idempotency_key
-            )
-            job = await gw.producer.get(submitted.queue, submitted.job_id)
-            if submitted.created:
-                gw.metrics.submits.labels(body.type).inc()
+    try:
+        async with redis_deadline(settings.redis_timeout_s):
+            job = None
+            if idempotency_key is not None:
+                job = await _earlier_job(gw, tenant, idempotency_key, body.queue)
+            if job is None:
+                submitted = await gw.producer.submit(
+                    body, tenant=tenant, idempotency_key=idempotency_key
+                )
+                job = await gw.producer.get(submitted.queue, submitted.job_id)
+                if submitted.created:
+                    gw.metrics.submits.labels(body.type).inc()
+    except RedisUnavailable as exc:
+        # The script may have run before the answer was lost: say so, and how to find out.
+        raise RedisUnavailable(f"{exc}; {MAYBE_CREATED}") from exc
     if job is None:  # expired between the two calls: vanishingly rare, and retryable
-        raise RedisUnavailable("the job disappeared while it was being read; retry")
+        raise RedisUnavailable(f"the job disappeared while it was being read; {MAYBE_CREATED}")
     response.headers["Location"] = job_path(job.id)
     if idempotency_key is not None:
         response.headers["Idempotency-Key"] = idempotency_key
     return resource(gw, job)
 
 
-async def _earlier_job(gw: GatewayDep, tenant: str, key: str, queue: str) -> Any:
+async def _earlier_job(gw: GatewayDep, tenant: str, key: str, queue: str) -> Job | None:
     """The job an earlier request with this key created in *another* queue (the submit
     script already answers for the requested queue, atomically)."""
     for other in gw.settings.queues:
-        if other == queue:
-            continue
-        job_id = await gw.redis.get(gw.producer.keys(other).idempotency(tenant, key))
-        if job_id:
-            job = await gw.producer.get(other, job_id)
+        if other != queue:
+            job = await gw.producer.idempotent_job(other, tenant, key)
             if job is not None:
                 return job
     return None

@@ -5,7 +5,8 @@
 -- ARGV[5] job_id  ARGV[6] queue  ARGV[7] type  ARGV[8] tenant  ARGV[9] payload JSON
 -- ARGV[10] max_attempts  ARGV[11] timeout_s  ARGV[12] delay_ms  ARGV[13] job key prefix
 -- ARGV[14] '1' if an Idempotency-Key was given
--- Returns {1, job_id} when created, {0, existing_job_id} for a repeated Idempotency-Key.
+-- Returns {1, job_id} when created, {0, existing_job_id} for a repeated Idempotency-Key,
+-- {-1, ''} when the key names another tenant's job (nothing written).
 --@include common
 
 local job_id, queue, job_type, tenant = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
@@ -13,8 +14,14 @@ local delay_ms = tonumber(ARGV[12])
 
 if ARGV[14] == '1' then
   local existing = redis.call('GET', KEYS[6])
-  if existing and redis.call('EXISTS', ARGV[13] .. existing) == 1 then
-    return {0, existing}
+  -- The key's name holds the tenant, but the job it finds must be the caller's too: a key
+  -- that could be read two ways once handed one tenant another's job.
+  local owner = existing and redis.call('HGET', ARGV[13] .. existing, 'tenant')
+  if owner then
+    if owner == tenant then
+      return {0, existing}
+    end
+    return {-1, ''}
   end
   redis.call('SET', KEYS[6], job_id)
 end

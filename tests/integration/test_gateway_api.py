@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -358,7 +360,7 @@ async def test_unexpected_exception_is_a_json_500(
         raise RuntimeError("boom")
 
     monkeypatch.setattr(app.state.gateway.producer, "find", broken)
-    response = await client.get("/v1/jobs/abc", headers=A)
+    response = await client.get(f"/v1/jobs/{'ab' * 16}", headers=A)
     assert response.status_code == 500
     assert response.json() == {"error": "internal", "message": "internal error"}
 
@@ -388,3 +390,203 @@ def test_producer_submit_request_is_the_documented_body() -> None:
         "max_attempts",
         "timeout_s",
     }
+
+
+# --- isolation between tenants and bad input (the hardening pass) ---------------------------
+
+
+async def test_an_idempotency_key_never_returns_another_tenants_job(
+    client: httpx.AsyncClient, producer: Producer, redis: aioredis.Redis, queue_name: str
+) -> None:
+    """Tenant names hold no `:` (Settings refuses them), so `idem:{tenant}:{key}` reads one
+    way. Should a key still name another tenant's job, in the submit's own queue or in
+    another, it is refused or ignored: the job never reaches the caller."""
+    theirs = await submit(client, B, payload={"secret": "globex's"})
+    for queue in [queue_name, f"{queue_name}-b"]:
+        planted = producer.keys(queue).idempotency("acme", f"order-{queue}")
+        await redis.set(planted, theirs["id"])
+    same_queue = await client.post(
+        "/v1/jobs", json={"type": "noop"}, headers={**A, "Idempotency-Key": f"order-{queue_name}"}
+    )
+    assert same_queue.status_code == 409, same_queue.text
+    assert theirs["id"] not in same_queue.text and "globex" not in same_queue.text
+    other_queue = await submit(
+        client, {**A, "Idempotency-Key": f"order-{queue_name}-b"}, queue=queue_name
+    )
+    assert other_queue["id"] != theirs["id"] and other_queue["tenant"] == "acme"
+
+
+async def test_a_listing_index_never_lists_another_tenants_job(
+    client: httpx.AsyncClient, producer: Producer, redis: aioredis.Redis, queue_name: str
+) -> None:
+    theirs = await submit(client, B)
+    await redis.zadd(producer.keys(queue_name).tenant_jobs("acme"), {theirs["id"]: 1})
+    assert (await client.get("/v1/jobs", headers=A)).json()["items"] == []
+
+
+def nested(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("payload", "says"),
+    [
+        (b'{"x": NaN}', "not a JSON number"),
+        (b'{"x": [Infinity]}', "not a JSON number"),
+        (b'{"x": -1e999}', "not a JSON number"),
+        (b'{"x": "\\ud800"}', "lone surrogate"),
+        (b'{"\\udc00": 1}', "lone surrogate"),
+        (json.dumps(nested(65)).encode(), "deeper than 64 levels"),
+        (b'{"x":' + b"[" * 1500 + b"]" * 1500 + b"}", "deeper than 64 levels"),
+    ],
+)
+async def test_payloads_json_cannot_carry_are_422_and_nothing_is_stored(
+    client: httpx.AsyncClient, redis: aioredis.Redis, payload: bytes, says: str
+) -> None:
+    before = await redis.dbsize()
+    response = await client.post(
+        "/v1/jobs",
+        content=b'{"type": "noop", "payload": ' + payload + b"}",
+        headers={**A, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == "validation_error"
+    assert says in response.json()["message"]
+    assert await redis.dbsize() == before
+
+
+async def test_a_payload_at_the_depth_limit_is_accepted(client: httpx.AsyncClient) -> None:
+    job = await submit(client, payload=nested(64))  # the payload object is the 1st level
+    assert (await client.get(f"/v1/jobs/{job['id']}", headers=A)).json()["payload"] == nested(64)
+
+
+@pytest.mark.parametrize("suffix", [":events", ":steps", "x", "/../x"])
+async def test_a_job_id_not_of_the_generated_shape_is_404_everywhere(
+    client: httpx.AsyncClient, suffix: str
+) -> None:
+    job = await submit(client)
+    bad = quote(job["id"] + suffix, safe="")
+    for method, path in [
+        ("GET", f"/v1/jobs/{bad}"),
+        ("GET", f"/v1/jobs/{bad}/events"),
+        ("POST", f"/v1/jobs/{bad}/cancel"),
+        ("POST", f"/v1/jobs/{bad}/retry"),
+        ("GET", f"/v1/jobs/{bad}/artifacts/x"),
+    ]:
+        response = await client.request(method, path, headers=A)
+        assert response.status_code == 404, (method, path, response.text)
+        assert response.json()["error"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "resume",
+    # Ids past the job's first event made the old code replay from them, and Redis refuse.
+    ["1_000-0", "1-", "9999999999999_9-0", "99999999999999-", f"{2**64}-0", "0-" + "9" * 23],
+)
+async def test_a_last_event_id_redis_would_refuse_counts_as_none(
+    client: httpx.AsyncClient, resume: str
+) -> None:
+    job = await submit(client)
+    await client.post(f"/v1/jobs/{job['id']}/cancel", headers=A)  # ended: the stream ends
+    for headers, query in [({"Last-Event-ID": resume}, ""), ({}, f"?last_event_id={resume}")]:
+        response = await client.get(
+            f"/v1/jobs/{job['id']}/events{query}", headers={**A, **headers}
+        )
+        assert response.status_code == 200
+        events = [line for line in response.text.splitlines() if line.startswith("event:")]
+        assert events == ["event: snapshot"], response.text  # whole, and ended normally
+        assert '"status":"cancelled"' in response.text
+
+
+async def test_an_event_token_with_non_ascii_characters_is_401(client: httpx.AsyncClient) -> None:
+    job = await submit(client)
+    token = job["links"]["events"].split("token=")[1]
+    for forged in [token[:-1] + "é", "é" * 20]:
+        response = await client.get(f"/v1/jobs/{job['id']}/events", params={"token": forged})
+        assert response.status_code == 401, response.text
+        firehose = await client.get("/v1/events", params={"token": forged})
+        assert firehose.status_code == 401, firehose.text
+
+
+async def test_a_full_redis_is_503_saying_so_and_not_ready(
+    settings_factory: Callable[..., Settings], fresh_redis: Callable[..., Any]
+) -> None:
+    server = fresh_redis()
+    settings = settings_factory(redis_url=server.url, api_keys=KEYS)
+    application = create_app(settings)
+    transport = httpx.ASGITransport(application, raise_app_exceptions=False)
+    admin = aioredis.Redis.from_url(server.url, decode_responses=True)
+    async with (
+        LifespanManager(application),
+        httpx.AsyncClient(transport=transport, base_url="http://gw") as http,
+    ):
+        running = await submit(http)
+        gw: Gateway = application.state.gateway
+        await gw.producer.ensure_group(settings.queues[0])
+        entries = await admin.xreadgroup(
+            CONSUMER_GROUP, "c1", {gw.producer.keys(settings.queues[0]).jobs: ">"}
+        )
+        await gw.producer.start(settings.queues[0], [(entries[0][1][0][0], running["id"])], "c1")
+        queued = await submit(http)
+        used = int((await admin.info("memory"))["used_memory"])
+        await admin.config_set("maxmemory", used - 1)  # noeviction: every write refused
+        try:
+            keys_before = await admin.dbsize()
+            submitted = await http.post("/v1/jobs", json={"type": "noop"}, headers=A)
+            cancel_running = await http.post(f"/v1/jobs/{running['id']}/cancel", headers=A)
+            ready = await http.get("/readyz")
+            assert await admin.dbsize() == keys_before  # nothing half-written
+            # Redis lets a script that frees memory first (a queued job's entry) go on.
+            cancel_queued = await http.post(f"/v1/jobs/{queued['id']}/cancel", headers=A)
+        finally:
+            await admin.config_set("maxmemory", 0)
+        for answer in (submitted, cancel_running):
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"] == "store_full"
+            assert "maxmemory" in answer.json()["message"]
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["redis"].startswith("full")
+        assert cancel_queued.status_code == 202, cancel_queued.text
+        after = (await http.get(f"/v1/jobs/{running['id']}", headers=A)).json()
+        assert (after["status"], after["cancel_requested"]) == ("running", False)
+        assert (await http.post("/v1/jobs", json={"type": "noop"}, headers=A)).status_code == 202
+        assert (await http.get("/readyz")).status_code == 200
+    await admin.aclose()
+
+
+async def test_a_submit_timeout_says_the_job_may_exist_and_how_to_find_it(
+    settings_factory: Callable[..., Settings], fresh_redis: Callable[..., Any]
+) -> None:
+    server = fresh_redis()
+    settings = settings_factory(redis_url=server.url, api_keys=KEYS, redis_timeout_s=0.5)
+    application = create_app(settings)
+    transport = httpx.ASGITransport(application, raise_app_exceptions=False)
+    async with (
+        LifespanManager(application),
+        httpx.AsyncClient(transport=transport, base_url="http://gw") as http,
+    ):
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            answer = await http.post("/v1/jobs", json={"type": "noop"}, headers=A)
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+    assert answer.status_code == 503
+    assert "may have been created" in answer.json()["message"]
+    assert "Idempotency-Key" in answer.json()["message"]
+
+
+async def test_metrics_can_require_a_key(settings: Settings) -> None:
+    application = create_app(settings.model_copy(update={"metrics_key": "scrape-key"}))
+    transport = httpx.ASGITransport(application, raise_app_exceptions=False)
+    async with (
+        LifespanManager(application),
+        httpx.AsyncClient(transport=transport, base_url="http://gw") as http,
+    ):
+        for headers in [{}, A, {"Authorization": "Bearer scrape-kez"}]:
+            assert (await http.get("/metrics", headers=headers)).status_code == 401
+        allowed = await http.get("/metrics", headers={"Authorization": "Bearer scrape-key"})
+        assert allowed.status_code == 200
+        assert "conveyor_gateway_redis_up" in allowed.text

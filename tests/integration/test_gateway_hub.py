@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -288,3 +290,49 @@ async def test_live_subscribers_are_pinged_and_a_stalled_one_is_dropped_by_a_pin
     finally:
         await hub.close()
         await client.aclose()
+
+
+def deep(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+async def test_events_that_cannot_be_encoded_stall_no_other_tenant(
+    hub: Hub, producer: Producer, redis: aioredis.Redis, queue_name: str
+) -> None:
+    """The attack the hardening pass found: ten jobs whose terminal event nests 300 levels
+    deep (more than pydantic will serialise), and an entry no version could read, ahead of
+    another tenant's event. That event once waited 2 s per bad entry, for ever; now it is
+    dispatched at once, and the bad jobs' own streams still end."""
+    mallory_jobs = [f"{i:032x}" for i in range(10)]
+    mallory_job_sub = hub.subscribe_job(queue_name, mallory_jobs[0])
+    mallory_job = live(mallory_job_sub)
+    mallory = live(hub.subscribe_tenant("mallory"))
+    acme = live(hub.subscribe_tenant("acme"))
+    events_key = producer.keys(queue_name).events
+    for job_id in mallory_jobs:
+        fields = {
+            "event": "job.succeeded",
+            "job_id": job_id,
+            "queue": queue_name,
+            "job_type": "noop",
+            "tenant": "mallory",
+            "status": "succeeded",
+            "attempt": "1",
+            "ts": str(int(time.time() * 1000)),
+            "data": json.dumps({"result": deep(300)}),
+        }
+        await redis.xadd(events_key, fields)  # type: ignore[arg-type]
+    await redis.xadd(events_key, {"written-by": "a future version"})
+
+    started = time.monotonic()
+    job_id = await submit(producer, queue_name, "acme")
+    [event] = await take(acme, 1)
+    delay_s = time.monotonic() - started
+    assert (event.job_id, event.event) == (job_id, "job.queued")
+    assert delay_s < 0.5, f"another tenant's event waited {delay_s:.2f}s"
+    assert mallory_job_sub.closed and not mallory_job_sub.dropped  # its stream ended
+    assert len(mallory) == len(mallory_job) == 0  # skipped, never half-written
+    assert hub.metrics.hub_undeliverable._value.get() == 11

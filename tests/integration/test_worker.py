@@ -97,6 +97,9 @@ async def test_retry_exhausted_fails_and_dead_letters(
     assert (await driver.event_types(job_id)).count("job.failed") == 1
 
 
+DEEP_PATH = "result" + ".a" * 64  # where `unstorable` nests too deep, shortened as in errors
+
+
 @pytest.mark.parametrize(
     ("job_type", "payload", "attempts", "error"),
     [
@@ -106,6 +109,27 @@ async def test_retry_exhausted_fails_and_dead_letters(
         ("upstream_timeout", {}, 1, "TimeoutError: upstream took too long"),
         # a PermanentError is not retried
         ("permanent", {"reason": "no such file"}, 1, "PermanentError: no such file"),
+        # a result JSON cannot carry: retrying would return the same
+        (
+            "unstorable",
+            {"kind": "deep"},
+            1,
+            "PermanentError: the result cannot be stored: "
+            f"{DEEP_PATH[:50]}…{DEEP_PATH[-60:]}: nested deeper than 64 levels",
+        ),
+        (
+            "unstorable",
+            {"kind": "nan"},
+            1,
+            "PermanentError: the result cannot be stored: result: nan is not a JSON number"
+            " (out of range or NaN)",
+        ),
+        (
+            "unstorable",
+            {"kind": "set"},
+            1,
+            "PermanentError: the result cannot be stored: result: a set is not JSON",
+        ),
     ],
 )
 async def test_a_failed_job_records_its_attempts_and_its_error(

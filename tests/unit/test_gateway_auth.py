@@ -29,5 +29,12 @@ def test_a_token_cannot_be_altered_or_made_elsewhere() -> None:
     other_tenant = tokens.issue(job_scope("j1"), "globex", now=1000).split(".")[0]
     assert tokens.verify(job_scope("j1"), f"{other_tenant}.{expires}.{signature}", now=1000) is None
     assert EventTokens(b"other", ttl_s=60).verify(job_scope("j1"), token, now=1000) is None
-    for garbage in ["", "a.b", "a.b.c.d", "!!.1.x", "YQ.notanumber.x"]:
+    for garbage in ["", "a.b", "a.b.c.d", "!!.1.x", "YQ.notanumber.x", "YWNtZQ.9999999999.é"]:
         assert tokens.verify(job_scope("j1"), garbage, now=1000) is None
+
+
+def test_a_token_with_non_ascii_characters_is_refused_not_an_error() -> None:
+    tokens = EventTokens(b"secret", ttl_s=60)
+    tenant, expires, signature = tokens.issue(job_scope("j1"), "acme", now=1000).split(".")
+    for forged in [f"{tenant}.{expires}.{signature[:-1]}é", f"{tenant}é.{expires}.{signature}"]:
+        assert tokens.verify(job_scope("j1"), forged, now=1000) is None

@@ -7,7 +7,7 @@ import asyncio
 
 from starlette.types import Message
 
-from gateway.subscriber import Outgoing, SentIds, Subscriber, direct_writer
+from gateway.subscriber import Outgoing, SentIds, Subscriber, direct_writer, is_stream_id
 from schemas.models import Event
 
 
@@ -100,3 +100,11 @@ def test_an_event_is_encoded_once_whatever_the_number_of_subscribers() -> None:
     out = Outgoing(event("7-0"))
     assert out.frame(True) is out.frame(True)
     assert out.frame(False).startswith(b"event: job.progress\r\n")
+
+
+def test_only_ids_redis_accepts_count_as_stream_ids() -> None:
+    accepted = ["0-0", "1-0", "1764000000000-12", f"{2**64 - 1}-{2**64 - 1}"]
+    # int() takes underscores, spaces and a missing sequence; Redis takes none of them.
+    refused = ["", "1", "1-", "-1", "1_000-0", " 1-0", "1-0\n", "+1-0", f"{2**64}-0", "٣-0", "$"]
+    assert [is_stream_id(text) for text in accepted] == [True] * len(accepted)
+    assert [is_stream_id(text) for text in refused] == [False] * len(refused)
