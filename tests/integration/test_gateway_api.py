@@ -590,3 +590,17 @@ async def test_metrics_can_require_a_key(settings: Settings) -> None:
         allowed = await http.get("/metrics", headers={"Authorization": "Bearer scrape-key"})
         assert allowed.status_code == 200
         assert "conveyor_gateway_redis_up" in allowed.text
+
+
+async def test_a_gateway_without_keys_says_it_will_refuse_everything(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    application = create_app(settings.model_copy(update={"api_keys": {}}))
+    transport = httpx.ASGITransport(application, raise_app_exceptions=False)
+    with caplog.at_level("WARNING", logger="conveyor.gateway"):
+        async with (
+            LifespanManager(application),
+            httpx.AsyncClient(transport=transport, base_url="http://gw") as http,
+        ):
+            assert (await http.get("/v1/jobs", headers=A)).status_code == 401
+    assert "every request to /v1 will be refused" in caplog.text
