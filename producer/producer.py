@@ -17,11 +17,12 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from producer.scripts import Scripts
+from producer.scripts import Call, Scripts
 from schemas.errors import IdempotencyConflict, JobNotFound, TransitionRefused
-from schemas.keys import CONSUMER_GROUP, JOB_EVENTS_SUFFIX, QueueKeys
+from schemas.keys import CONSUMER_GROUP, QueueKeys
 from schemas.models import Artifact, Event, Job, JobIdentity, SubmitRequest
 from schemas.settings import Settings
+from schemas.status import JobStatus
 
 JSON_SEPARATORS = (",", ":")
 # Jobs per call of a batch script (start, succeed): large enough that a call's fixed cost
@@ -432,7 +433,7 @@ class Producer:
         k = self.keys(queue)
         calls = [("succeed", keys, args) for keys, args in self._succeed_calls(queue, finished)]
         if count > 0:
-            args = [*self._config, consumer, count, k.job_prefix, JOB_EVENTS_SUFFIX]
+            args = [*self._config, consumer, count, k.job_prefix]
             calls.append(("take", [k.jobs, k.events], args))
         replies = await self.scripts.run_many(calls) if calls else []
         written = [bool(w) for reply in replies[: len(calls) - (count > 0)] for w in reply]
@@ -485,15 +486,15 @@ class Producer:
         if not leases:
             return []
         k = self.keys(queue)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for lease in leases:
-                await self.scripts.run(
-                    "renew",
-                    keys=[k.jobs, k.job(lease.job_id)],
-                    args=[*self._config, lease.entry_id, consumer, lease.attempt],
-                    client=pipe,
-                )
-            results = await pipe.execute()
+        calls: list[Call] = [
+            (
+                "renew",
+                [k.jobs, k.job(lease.job_id)],
+                [*self._config, lease.entry_id, consumer, lease.attempt],
+            )
+            for lease in leases
+        ]
+        results = await self.scripts.run_many(calls)
         return [LeaseState(bool(held), bool(cancel)) for held, cancel in results]
 
     async def cancel_requested(self, queue: str, job_ids: Sequence[str]) -> set[str]:
@@ -539,23 +540,25 @@ class Producer:
             for entry_id, rows in zip(entry_ids, ranges, strict=True)
             if rows
         }
+        gone = [entry_id for entry_id in entry_ids if entry_id not in job_ids]
+        if gone:  # deleted while pending (an ack raced us, or a cancel): drop from the PEL
+            await self.redis.xack(k.jobs, CONSUMER_GROUP, *gone)
+        claimable = [(entry_id, job_ids[entry_id]) for entry_id in entry_ids if entry_id in job_ids]
+        calls: list[Call] = [
+            (
+                "reclaim",
+                [k.jobs, k.events, k.job(job_id), k.job_events(job_id), k.dead],
+                [*self._config, entry_id, consumer, min_idle_ms, max_deliveries],
+            )
+            for entry_id, job_id in claimable
+        ]
+        results = await self.scripts.run_many(calls) if calls else []
         deliveries: list[Delivery] = []
         dead: list[str] = []
-        skipped = 0
-        for entry_id in entry_ids:
-            job_id = job_ids.get(entry_id)
-            if job_id is None:
-                # Deleted while pending (an ack raced us, or a cancel): drop it from the PEL.
-                await self.redis.xack(k.jobs, CONSUMER_GROUP, entry_id)
-                skipped += 1
-                continue
-            result = await self.scripts.run(
-                "reclaim",
-                keys=[k.jobs, k.events, k.job(job_id), k.job_events(job_id), k.dead],
-                args=[*self._config, entry_id, consumer, min_idle_ms, max_deliveries],
-            )
+        skipped = len(gone)
+        for (entry_id, job_id), result in zip(claimable, results, strict=True):
             verdict = _s(result[0])
-            if verdict == "running":
+            if verdict == JobStatus.RUNNING:
                 deliveries.append(self._delivery(queue, job_id, entry_id, result[1:]))
             elif verdict == "dead":
                 dead.append(job_id)

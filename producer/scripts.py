@@ -1,53 +1,60 @@
-"""The Lua scripts: loaded from `scripts/*.lua`, includes expanded, registered once.
+"""The Lua scripts: every `scripts/*.lua` file, includes expanded, called one way.
 
 Each script file opens with a header naming its KEYS and ARGV. `--@include NAME` pulls in
-`scripts/includes/NAME.lua`; before the first include goes the transition table generated
-from `schemas.status.TRANSITIONS`, so Redis enforces the state machine defined in Python.
+`scripts/includes/NAME.lua`; before the first include goes `lua_constants()`: every name that
+Python and Lua must spell alike (the consumer group, the job events key suffix, the status
+and event names, the state machine's tables), generated from `schemas`, so Redis refuses
+exactly what Python refuses and a rename cannot leave a script behind. A test checks that the
+scripts spell none of those names themselves.
+
+Every call goes out as a pipelined EVALSHA (`run_many`; `run` is one call of it): one round
+trip for any number of calls, and the script is loaded only when Redis answers NOSCRIPT.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from schemas.status import TERMINAL, TRANSITIONS
+from schemas.events import EventType
+from schemas.keys import CONSUMER_GROUP, JOB_EVENTS_SUFFIX
+from schemas.status import TERMINAL, TRANSITIONS, JobStatus
 
 SCRIPT_DIR = Path(__file__).parent / "scripts"
 INCLUDE = re.compile(r"^--@include (\w+)\s*$", re.MULTILINE)
+SCRIPT_NAMES = tuple(sorted(path.stem for path in SCRIPT_DIR.glob("*.lua")))
 
-SCRIPT_NAMES = (
-    "submit",
-    "start",
-    "take",
-    "progress",
-    "renew",
-    "succeed",
-    "fail",
-    "cancel",
-    "cancelled",
-    "retry",
-    "promote",
-    "reclaim",
-)
+Call = tuple[str, list[str], list[Any]]
+"""One script call: (script name, KEYS, ARGV)."""
 
 
-def lua_state_machine() -> str:
-    """`TRANSITIONS` and `TERMINAL` as Lua tables."""
-    rows = []
-    for source in sorted(TRANSITIONS, key=lambda s: s.value):
-        targets = ", ".join(f"{t.value} = true" for t in sorted(TRANSITIONS[source]))
-        rows.append(f"  {source.value} = {{{targets}}},")
-    terminal = ", ".join(f"{s.value} = true" for s in sorted(TERMINAL))
+def _lua_table(pairs: dict[str, str]) -> str:
+    return "{" + ", ".join(f"{name} = {value}" for name, value in pairs.items()) + "}"
+
+
+def lua_constants() -> str:
+    """What the scripts must spell as Python does, as Lua locals: `STATUS.running`,
+    `EVENT.started`, `GROUP`, `JOB_EVENTS_SUFFIX`, `TRANSITIONS`, `TERMINAL`."""
+    statuses = {s.value: f"'{s.value}'" for s in JobStatus}
+    events = {e.value.removeprefix("job."): f"'{e.value}'" for e in EventType}
+    transitions = {
+        source.value: _lua_table({t.value: "true" for t in sorted(TRANSITIONS[source])})
+        for source in sorted(TRANSITIONS, key=lambda s: s.value)
+    }
     return (
-        "-- generated from schemas.status: do not edit here\n"
-        "local TRANSITIONS = {\n" + "\n".join(rows) + "\n}\n"
-        f"local TERMINAL = {{{terminal}}}\n"
+        "-- generated from schemas: do not edit here\n"
+        f"local GROUP = '{CONSUMER_GROUP}'\n"
+        f"local JOB_EVENTS_SUFFIX = '{JOB_EVENTS_SUFFIX}'\n"
+        f"local STATUS = {_lua_table(statuses)}\n"
+        f"local EVENT = {_lua_table(events)}\n"
+        f"local TRANSITIONS = {_lua_table(transitions)}\n"
+        f"local TERMINAL = {_lua_table({s.value: 'true' for s in sorted(TERMINAL)})}\n"
     )
 
 
@@ -56,15 +63,15 @@ def include_source(name: str) -> str:
 
 
 def library_source() -> str:
-    """What every script starts with: the generated state machine and `common.lua`."""
-    return lua_state_machine() + include_source("common")
+    """What every script starts with: the generated constants and `common.lua`."""
+    return lua_constants() + include_source("common")
 
 
 @cache
 def script_source(name: str) -> str:
     """The full text of script `name` as Redis runs it."""
     text = (SCRIPT_DIR / f"{name}.lua").read_text()
-    preamble = [lua_state_machine()]
+    preamble = [lua_constants()]
 
     def expand(match: re.Match[str]) -> str:
         body = include_source(match.group(1))
@@ -73,26 +80,23 @@ def script_source(name: str) -> str:
     return INCLUDE.sub(expand, text)
 
 
+@cache
+def script_sha(name: str) -> str:
+    return hashlib.sha1(script_source(name).encode()).hexdigest()
+
+
 class Scripts:
-    """The registered scripts of one Redis client, called as `await scripts.run(name, ...)`,
-    or several in one round trip with `run_many`. Both send EVALSHA and load the script on
-    NOSCRIPT (after a Redis restart, or on a fresh node)."""
+    """The scripts, called on one Redis client as `await scripts.run(name, keys, args)`, or
+    several in one round trip with `run_many`."""
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._scripts: dict[str, AsyncScript] = {
-            name: redis.register_script(script_source(name)) for name in SCRIPT_NAMES
-        }
 
-    def __getitem__(self, name: str) -> AsyncScript:
-        return self._scripts[name]
+    async def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        (result,) = await self.run_many([(name, keys, args)])
+        return result
 
-    async def run(
-        self, name: str, keys: list[str], args: list[Any], client: Any | None = None
-    ) -> Any:
-        return await self._scripts[name](keys=keys, args=args, client=client)
-
-    async def run_many(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+    async def run_many(self, calls: list[Call]) -> list[Any]:
         """Several script calls `(name, keys, args)` in one pipeline: one round trip, where
         redis-py's pipelined `Script` costs two (it asks SCRIPT EXISTS before each pipeline,
         and that question waits at Redis behind whatever other work is queued there). Calls
@@ -103,7 +107,7 @@ class Scripts:
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:
             for name in {calls[i][0] for i in missing}:
-                await self._redis.script_load(self._scripts[name].script)
+                await self._redis.script_load(script_source(name))
             again = await self._pipeline([calls[i] for i in missing])
             for i, result in zip(missing, again, strict=True):
                 results[i] = result
@@ -112,8 +116,8 @@ class Scripts:
                 raise result
         return results
 
-    async def _pipeline(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+    async def _pipeline(self, calls: list[Call]) -> list[Any]:
         async with self._redis.pipeline(transaction=False) as pipe:
             for name, keys, args in calls:
-                pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+                pipe.evalsha(script_sha(name), len(keys), *keys, *args)
             return list(await pipe.execute(raise_on_error=False))

@@ -30,7 +30,7 @@ end
 local pending = redis.call('XPENDING', KEYS[1], GROUP, entry_id, entry_id, 1)
 local deliveries = tonumber(pending[1][4])
 if deliveries > tonumber(ARGV[8]) then
-  check_transition(status, 'failed')
+  check_transition(status, STATUS.failed)
   end_delivery(KEYS[1], entry_id)
   local text = 'delivered ' .. (deliveries - 1) .. ' times without finishing: its consumers ' ..
     'crashed or were lost (poison message)'
@@ -39,26 +39,26 @@ if deliveries > tonumber(ARGV[8]) then
 end
 
 local now = tostring(now_ms())
-if status == 'running' and j[7] == '1' then
-  check_transition('running', 'cancelled')
-  redis.call('HSET', KEYS[3], 'status', 'cancelled', 'error', 'cancelled by request',
+if status == STATUS.running and j[7] == '1' then
+  check_transition(STATUS.running, STATUS.cancelled)
+  redis.call('HSET', KEYS[3], 'status', STATUS.cancelled, 'error', 'cancelled by request',
     'finished_at', now, 'updated_at', now)
   end_delivery(KEYS[1], entry_id)
-  emit(KEYS[2], KEYS[3], KEYS[4], 'job.cancelled', {reason = 'cancelled by request'})
+  emit(KEYS[2], KEYS[3], KEYS[4], EVENT.cancelled, {reason = 'cancelled by request'})
   expire_finished(KEYS[3], KEYS[4])
-  return {'skipped', 'cancelled'}
+  return {'skipped', STATUS.cancelled}
 end
 
-check_transition(status, 'running')
+check_transition(status, STATUS.running)
 local attempt = redis.call('HINCRBY', KEYS[3], 'attempt', 1)
 -- The handler runs again from its start, so the attempt does too, as `start_job`'s would:
 -- the lost attempt's progress is not this one's.
-redis.call('HSET', KEYS[3], 'status', 'running', 'owner', consumer, 'started_at', now,
+redis.call('HSET', KEYS[3], 'status', STATUS.running, 'owner', consumer, 'started_at', now,
   'updated_at', now, 'stage', '', 'progress', '0', 'message', '')
-if status == 'running' then
-  emit(KEYS[2], KEYS[3], KEYS[4], 'job.reclaimed',
+if status == STATUS.running then
+  emit(KEYS[2], KEYS[3], KEYS[4], EVENT.reclaimed,
     {from_owner = j[6], owner = consumer, deliveries = deliveries})
 else
-  emit(KEYS[2], KEYS[3], KEYS[4], 'job.started', {owner = consumer, deliveries = deliveries})
+  emit(KEYS[2], KEYS[3], KEYS[4], EVENT.started, {owner = consumer, deliveries = deliveries})
 end
-return {'running', attempt, j[3], j[4], j[5]}
+return {STATUS.running, attempt, j[3], j[4], j[5]}

@@ -4,15 +4,15 @@
 -- with the writes of the jobs it just finished, so Redis has the next batch's work while the
 -- consumer runs the last one's handlers. A script cannot block: an idle consumer blocks on
 -- XREADGROUP itself, then calls `start`.
--- Job keys are built from ARGV[7] and ARGV[8]; they share the queue's hash tag, so the slot.
+-- Job keys are built from ARGV[7]; they share the queue's hash tag, so the slot.
 -- KEYS[1] jobs stream  KEYS[2] events stream
--- ARGV[5] consumer name  ARGV[6] count  ARGV[7] job key prefix  ARGV[8] job events suffix
+-- ARGV[5] consumer name  ARGV[6] count  ARGV[7] job key prefix
 -- Returns, per entry read, {entry id, job id, 'started', attempt, type, payload, timeout_s}
 -- or {entry id, job id, 'skipped', reason}.
 --@include common
 --@include start_job
 
-local consumer, prefix, suffix = ARGV[5], ARGV[7], ARGV[8]
+local consumer, prefix = ARGV[5], ARGV[7]
 local reply = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', ARGV[6],
   'STREAMS', KEYS[1], '>')
 local results = {}
@@ -26,7 +26,7 @@ for i, entry in ipairs(reply[1][2]) do
   local result
   if job_id then
     local job_key = prefix .. job_id
-    result = start_job(KEYS[1], KEYS[2], job_key, job_key .. suffix, entry_id, consumer, now)
+    result = start_job(KEYS[1], KEYS[2], job_key, job_key .. JOB_EVENTS_SUFFIX, entry_id, consumer, now)
   else  -- not an entry a script of ours wrote: nothing to run
     end_delivery(KEYS[1], entry_id)
     job_id, result = '', {'skipped', 'missing'}

@@ -1,5 +1,6 @@
--- Shared by every script. The loader prepends the generated TRANSITIONS and TERMINAL tables
--- (from schemas.status) above this file, so the state machine is written once, in Python.
+-- Shared by every script. The loader prepends what Python and Lua must spell alike, generated
+-- from `schemas` (see producer/scripts.py, `lua_constants`): GROUP, JOB_EVENTS_SUFFIX, the
+-- STATUS and EVENT names, and the TRANSITIONS and TERMINAL tables of the state machine.
 --
 -- Every script takes the same four leading ARGV, the retention settings:
 --   ARGV[1] events_maxlen      cap (approximate) of the queue's events stream
@@ -12,7 +13,6 @@ local EVENTS_MAXLEN = ARGV[1]
 local JOB_EVENTS_MAXLEN = ARGV[2]
 local RETENTION_S = tonumber(ARGV[3])
 local IDEM_TTL_S = tonumber(ARGV[4])
-local GROUP = 'workers'
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -96,7 +96,7 @@ end
 -- The fencing check of every write a worker makes: the job is running, under this attempt.
 local function holds_lease(job_key, attempt)
   local j = redis.call('HMGET', job_key, 'status', 'attempt')
-  return j[1] == 'running' and j[2] == attempt
+  return j[1] == STATUS.running and j[2] == attempt
 end
 
 -- The job's delivery entry; the caller records the returned id as the hash's `entry_id`.

@@ -1,0 +1,55 @@
+"""The Lua scripts spell no name that Python owns: each comes from the generated constants."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from producer.scripts import SCRIPT_DIR, SCRIPT_NAMES, lua_constants, script_source
+from schemas.events import EventType
+from schemas.keys import CONSUMER_GROUP, JOB_EVENTS_SUFFIX
+from schemas.status import JobStatus
+
+LUA_FILES = sorted([*SCRIPT_DIR.glob("*.lua"), *SCRIPT_DIR.glob("includes/*.lua")])
+STRING_LITERAL = re.compile(r"'([^'\n]*)'|\"([^\"\n]*)\"")
+OWNED_BY_PYTHON = {
+    *(s.value for s in JobStatus),
+    *(e.value for e in EventType),
+    CONSUMER_GROUP,
+    JOB_EVENTS_SUFFIX,
+}
+
+
+def code_literals(path: Path) -> list[str]:
+    """Every string literal outside comments."""
+    found = []
+    for line in path.read_text().splitlines():
+        code = line.split("--", 1)[0] if "--" not in line.split("'", 1)[0] else ""
+        found += [a or b for a, b in STRING_LITERAL.findall(code)]
+    return found
+
+
+@pytest.mark.parametrize("path", LUA_FILES, ids=lambda p: p.name)
+def test_a_script_spells_no_status_event_group_or_suffix_itself(path: Path) -> None:
+    spelled = sorted(set(code_literals(path)) & OWNED_BY_PYTHON)
+    assert spelled == [], f"{path.name} spells {spelled}: use STATUS, EVENT, GROUP, ..."
+
+
+def test_the_generated_constants_name_every_status_and_event() -> None:
+    constants = lua_constants()
+    for status in JobStatus:
+        assert f"{status.value} = '{status.value}'" in constants
+    for event in EventType:
+        assert f"{event.value.removeprefix('job.')} = '{event.value}'" in constants
+    assert f"local GROUP = '{CONSUMER_GROUP}'" in constants
+
+
+def test_every_file_in_the_folder_is_a_script() -> None:
+    assert SCRIPT_NAMES == tuple(sorted(p.stem for p in SCRIPT_DIR.glob("*.lua")))
+    assert "submit" in SCRIPT_NAMES and "take" in SCRIPT_NAMES
+    for name in SCRIPT_NAMES:
+        source = script_source(name)
+        assert "--@include" not in source
+        assert source.count("generated from schemas") == 1, name
