@@ -69,7 +69,7 @@ def gateway(workdir: Path, *, access_log: bool = False, backlog: int = 2048) -> 
             CONVEYOR_TOKEN_SECRET="bench",
         )
         argv = [
-            sys.executable, "-m", "uvicorn", "gateway.server:app_from_env", "--factory",
+            sys.executable, "-m", "uvicorn", "conveyor.gateway_app:app_from_env", "--factory",
             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
             "--backlog", str(backlog), "--access-log" if access_log else "--no-access-log",
         ]  # fmt: skip

@@ -41,11 +41,12 @@ def run() -> None:
 def gateway() -> None:
     """One gateway process (HTTP API, SSE, dashboard) on CONVEYOR_HOST:CONVEYOR_PORT."""
     settings = _settings()
+    from conveyor.gateway_app import gateway_app
     from conveyor.logs import configure_logging
     from gateway.server import serve
 
     configure_logging(settings, "gateway")
-    serve(settings)
+    serve(gateway_app(settings), settings)
 
 
 @main.command()

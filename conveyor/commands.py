@@ -12,15 +12,7 @@ import redis.asyncio as aioredis
 
 from producer import Producer
 from producer.connection import redis_from_url
-from schemas import (
-    CONSUMER_GROUP,
-    TERMINAL_EVENTS,
-    Event,
-    JobIdentity,
-    QueueKeys,
-    Settings,
-    SubmitRequest,
-)
+from schemas import CONSUMER_GROUP, Event, EventType, Settings, SubmitRequest
 from schemas.errors import UnknownJobType
 
 
@@ -60,25 +52,12 @@ async def _submit(
         print(submitted.job_id, flush=True)
         if not wait:
             return 0
-        job = JobIdentity(submitted.job_id, queue, job_type, tenant)
-        last = await _follow(redis, QueueKeys(queue, settings.key_prefix), job)
-        return 0 if last is not None and last.event.value == "job.succeeded" else 1
+        last = None
+        async for last in producer.follow(queue, submitted.job_id):  # history, then live
+            print(_describe(last), flush=True)
+        return 0 if last is not None and last.event is EventType.SUCCEEDED else 1
     finally:
         await redis.aclose()
-
-
-async def _follow(redis: aioredis.Redis, keys: QueueKeys, job: JobIdentity) -> Event | None:
-    """Print the job's events (history, then live) until its terminal one."""
-    last_id = "0"
-    while True:
-        reply = await redis.xread({keys.job_events(job.job_id): last_id}, block=5000)
-        for _, rows in reply or ():
-            for entry_id, fields in rows:
-                last_id = entry_id
-                event = Event.from_entry(entry_id, fields, job)
-                print(_describe(event), flush=True)
-                if event.event in TERMINAL_EVENTS:
-                    return event
 
 
 def _describe(event: Event) -> str:
@@ -92,22 +71,22 @@ def inspect_command(settings: Settings, queue: str) -> int:
 
 async def _inspect(settings: Settings, queue: str) -> int:
     redis = _client(settings)
-    keys = QueueKeys(queue, settings.key_prefix)
     try:
-        for line in await inspect_lines(redis, keys, settings):
+        for line in await inspect_lines(Producer(redis, settings), queue):
             print(line)
     finally:
         await redis.aclose()
     return 0
 
 
-async def inspect_lines(redis: aioredis.Redis, keys: QueueKeys, settings: Settings) -> list[str]:
+async def inspect_lines(store: Producer, queue: str) -> list[str]:
     """What `conveyor inspect` prints; the same facts as the README's redis-cli commands."""
+    settings, keys = store.settings, store.keys(queue)  # key names only to print them
     now_ms = int(time.time() * 1000)
-    stats = await Producer(redis, settings).stats(keys.queue)
+    stats = await store.stats(queue)
     next_due = stats.next_due_ms
     lines = [
-        f"queue {keys.queue!r}  ({keys.jobs})",
+        f"queue {queue!r}  ({keys.jobs})",
         f"  stream entries   {stats.length}  (undelivered + pending; finished entries are deleted)",
         f"  delayed          {stats.delayed}"
         + (f"  (next due in {(next_due - now_ms) / 1000:.1f}s)" if next_due is not None else ""),
@@ -121,7 +100,7 @@ async def inspect_lines(redis: aioredis.Redis, keys: QueueKeys, settings: Settin
         f"  group {CONSUMER_GROUP!r}  pending {stats.pending}  lag {stats.lag}"
         f"  last delivered {stats.group['last-delivered-id']}"
     )
-    consumers = await redis.xinfo_consumers(keys.jobs, CONSUMER_GROUP)
+    consumers = await store.consumers(queue)
     stale_after_ms = settings.visibility_timeout_s * 3 * 1000
     lines.append(f"  consumers        {len(consumers)}")
     for consumer in sorted(consumers, key=lambda c: c["name"]):
@@ -133,7 +112,7 @@ async def inspect_lines(redis: aioredis.Redis, keys: QueueKeys, settings: Settin
             f"  idle {consumer['idle'] / 1000:>8.1f}s"
             f"  seen {'never' if age is None else f'{age / 1000:.1f}s ago'}{flag}"
         )
-    pending = await redis.xpending_range(keys.jobs, CONSUMER_GROUP, min="-", max="+", count=20)
+    pending = await store.oldest_pending(queue, 20)
     if pending:
         lines.append("  oldest pending entries (id, consumer, idle, deliveries):")
         for p in pending:

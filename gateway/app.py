@@ -1,10 +1,12 @@
-"""`create_app(settings)`: the gateway's FastAPI app. Its lifespan opens Redis (with socket
-timeouts, so nothing waits on a frozen server forever), the producer and the SSE hub."""
+"""`create_app(settings, job_types=..., presigner=...)`: the gateway's FastAPI app. Its
+lifespan opens Redis (with socket timeouts, so nothing waits on a frozen server forever), the
+job store and the SSE hub. The job types it accepts and the artifact presigner come from the
+composition root (`conveyor.gateway_app`): the gateway never imports the consumers."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -13,11 +15,11 @@ from redis.asyncio import Redis
 from gateway import errors
 from gateway.auth import ApiKeys, EventTokens
 from gateway.deps import Gateway
-from gateway.hub import BLOCK_MS, Hub
-from gateway.jobtypes import known_job_types
 from gateway.limits import BodyLimit
 from gateway.metrics import Metrics
 from gateway.routes import dashboard, events, health, jobs
+from gateway.sse.hub import BLOCK_MS, Hub
+from gateway.types import Presigner
 from producer import Producer
 from producer.checks import warn_if_evicting
 from producer.connection import redis_from_url
@@ -38,8 +40,11 @@ def _redis(settings: Settings, read_timeout_s: float) -> Redis:
     )
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(
+    settings: Settings, *, job_types: Iterable[str], presigner: Presigner | None = None
+) -> FastAPI:
     metrics = Metrics()
+    accepted = frozenset(job_types)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -47,16 +52,16 @@ def create_app(settings: Settings) -> FastAPI:
         await warn_if_evicting(redis)
         # The hub's XREAD blocks up to BLOCK_MS: its socket must wait longer than that.
         hub_redis = _redis(settings, settings.redis_timeout_s + BLOCK_MS / 1000)
-        hub = Hub(hub_redis, settings, metrics)
+        hub = Hub(Producer(hub_redis, settings), settings, metrics)
         app.state.gateway = Gateway(
             settings=settings,
-            redis=redis,
             producer=Producer(redis, settings),
             hub=hub,
             api_keys=ApiKeys(settings.api_keys),
             tokens=EventTokens.from_settings(settings),
             metrics=metrics,
-            job_types=known_job_types(settings),
+            job_types=accepted,
+            presigner=presigner,
         )
         if not settings.api_keys:
             log.warning("CONVEYOR_API_KEYS is empty: every request to /v1 will be refused (401)")

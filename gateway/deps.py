@@ -7,27 +7,28 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from redis.asyncio import Redis
 
 from gateway.auth import FIREHOSE_SCOPE, ApiKeys, EventTokens, job_scope
-from gateway.hub import Hub
 from gateway.metrics import Metrics
+from gateway.sse.hub import Hub
+from gateway.types import Presigner
 from producer import Producer
 from schemas.settings import Settings
 
 
 @dataclass
 class Gateway:
-    """Everything a request handler may use, built once by the app's lifespan."""
+    """Everything a request handler may use, built once by the app's lifespan. The job
+    store is its only way to Redis."""
 
     settings: Settings
-    redis: Redis
     producer: Producer
     hub: Hub
     api_keys: ApiKeys
     tokens: EventTokens
     metrics: Metrics
     job_types: frozenset[str]
+    presigner: Presigner | None
 
 
 def get_gateway(request: Request) -> Gateway:

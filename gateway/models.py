@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.models import Job
@@ -38,3 +40,11 @@ class ActionResult(BaseModel):
 class ErrorBody(BaseModel):
     error: str
     message: str
+
+
+# The error answers most routes share, for the OpenAPI description (errors.py makes them).
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or unknown API key"},
+    404: {"model": ErrorBody, "description": "no such job (or another tenant's)"},
+    503: {"model": ErrorBody, "description": "Redis did not answer in time, or is full"},
+}

@@ -1,4 +1,4 @@
-"""`serve(settings)`: one gateway process under uvicorn (`conveyor gateway`)."""
+"""`serve(app, settings)`: one gateway process under uvicorn (`conveyor gateway`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import socket
 import uvicorn
 from fastapi import FastAPI
 
-from gateway.app import create_app
 from gateway.connection_limits import limited_protocol
 from schemas.settings import Settings
 
@@ -33,9 +32,9 @@ def listening_socket(host: str, port: int, send_buffer_bytes: int) -> socket.soc
     return sock
 
 
-def serve(settings: Settings) -> None:
+def serve(app: FastAPI, settings: Settings) -> None:
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         # What one connection may hold: its headers' size, its time to send them and a body.
         http=limited_protocol(
             settings.max_header_bytes, settings.header_timeout_s, settings.body_timeout_s
@@ -50,7 +49,3 @@ def serve(settings: Settings) -> None:
     with sock:
         uvicorn.Server(config).run(sockets=[sock])
 
-
-def app_from_env() -> FastAPI:
-    """For `uvicorn gateway.server:app_from_env --factory`."""
-    return create_app(Settings())

@@ -55,17 +55,3 @@ async def note_stream_node_size(redis: Any, timeout_s: float = 2.0) -> int | Non
         STREAM_NODE_MAX_BYTES,
     )
     return size
-
-
-async def store_full(redis: Any) -> str | None:
-    """Why Redis refuses writes for want of memory now, or None. Under `noeviction` a Redis
-    past `maxmemory` answers every write with OOM: the gateway then answers 503 to submits
-    and cancels, and `/readyz` says so, so a load balancer or an operator sees it first."""
-    info = await redis.info("memory")
-    if not isinstance(info, dict) or "used_memory" not in info:  # a cluster's per-node reply
-        return None
-    used, limit = int(info["used_memory"]), int(info.get("maxmemory") or 0)
-    if limit and used >= limit and info.get("maxmemory_policy") == "noeviction":
-        return f"full: used_memory {used} >= maxmemory {limit} (noeviction)"
-    return None
-

@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from producer.reads import Reads
 from producer.scripts import Call, Scripts
 from schemas.errors import IdempotencyConflict, JobNotFound, TransitionRefused
 from schemas.keys import CONSUMER_GROUP, QueueKeys
-from schemas.models import Artifact, Event, Job, JobIdentity, SubmitRequest
+from schemas.models import Artifact, SubmitRequest
 from schemas.settings import Settings
 from schemas.status import JobStatus
 
@@ -84,28 +85,6 @@ class LeaseState:
 
 
 @dataclass(frozen=True, slots=True)
-class QueueStats:
-    length: int  # entries in the jobs stream: undelivered + pending
-    delayed: int
-    next_due_ms: int | None
-    dead: int
-    events: int
-    seen_ms: dict[str, int]  # consumer -> when it last marked itself alive
-    group: dict[str, Any] | None  # XINFO GROUPS of `workers`; None before the first worker
-
-    @property
-    def pending(self) -> int:
-        return int(self.group["pending"]) if self.group else 0
-
-    @property
-    def lag(self) -> int:
-        """Entries no consumer has read. Finished entries are deleted on ack, so the stream
-        holds exactly the undelivered and the pending ones: exact even where XINFO GROUPS
-        reports lag as nil (it does once the last delivered entry has been deleted)."""
-        return max(0, self.length - self.pending)
-
-
-@dataclass(frozen=True, slots=True)
 class Taken:
     """What one `take` round trip did."""
 
@@ -123,40 +102,11 @@ class ReclaimReport:
     skipped: int
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-async def job_history(
-    redis: Redis,
-    keys: QueueKeys,
-    job_id: str,
-    start: str = "-",
-    end: str = "+",
-    count: int | None = None,
-) -> list[Event]:
-    """Entries of the job's own events stream from `start` to `end`, as events. Those
-    entries leave out who the job is, so its hash is read in the same round trip to say it;
-    the two expire together, so a job with no hash has no history left either."""
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hmget(keys.job(job_id), ["type", "tenant"])
-        pipe.xrange(keys.job_events(job_id), start, end, count)
-        (job_type, tenant), entries = await pipe.execute()
-    if job_type is None:
-        return []
-    job = JobIdentity(job_id, keys.queue, _s(job_type), _s(tenant or ""))
-    return [
-        Event.from_entry(_s(entry_id), {_s(k): _s(v) for k, v in fields.items()}, job)
-        for entry_id, fields in entries
-    ]
-
-
-class Producer:
-    """Job state writes for every queue of one Redis."""
+class Producer(Reads):
+    """The job store: its writes here (each one script), its reads in `Reads`."""
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
-        self.redis = redis
-        self.settings = settings
+        super().__init__(redis, settings)
         self.scripts = Scripts(redis)
         self._config = [
             settings.events_maxlen,
@@ -164,9 +114,6 @@ class Producer:
             settings.job_retention_s,
             settings.idempotency_ttl_s,
         ]
-
-    def keys(self, queue: str) -> QueueKeys:
-        return QueueKeys(queue, self.settings.key_prefix)
 
     def _job_keys(self, queue: str, job_id: str) -> tuple[QueueKeys, str, str]:
         k = self.keys(queue)
@@ -183,32 +130,6 @@ class Producer:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def stats(self, queue: str) -> QueueStats:
-        """The queue at a glance, for `/metrics` and `conveyor inspect`: one round trip for
-        the counts, one for the group."""
-        k = self.keys(queue)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(k.jobs)
-            pipe.zcard(k.delayed)
-            pipe.zrange(k.delayed, 0, 0, withscores=True)
-            pipe.xlen(k.dead)
-            pipe.xlen(k.events)
-            pipe.hgetall(k.consumer_seen())
-            length, delayed, next_due, dead, events, seen = await pipe.execute()
-        try:
-            groups = await self.redis.xinfo_groups(k.jobs)
-        except ResponseError:  # no stream yet
-            groups = []
-        return QueueStats(
-            length=int(length),
-            delayed=int(delayed),
-            next_due_ms=int(next_due[0][1]) if next_due else None,
-            dead=int(dead),
-            events=int(events),
-            seen_ms={_s(name): int(ms) for name, ms in seen.items()},
-            group=next((g for g in groups if _s(g["name"]) == CONSUMER_GROUP), None),
-        )
-
     # --- client side: submit, read, cancel, retry ----------------------------------------
 
     async def submit(
@@ -219,21 +140,14 @@ class Producer:
         )
         if int(created) < 0:
             raise IdempotencyConflict(idempotency_key or "")
-        return Submitted(_s(job_id), request.queue, bool(int(created)))
-
-    async def idempotent_job(self, queue: str, tenant: str, key: str) -> Job | None:
-        """The tenant's job that an earlier submit with `key` created in `queue`, if it is
-        still there. A job found under the key but owned by anyone else is not returned."""
-        job_id = await self.redis.get(self.keys(queue).idempotency(tenant, key))
-        job = await self.get(queue, _s(job_id)) if job_id else None
-        return job if job is not None and job.tenant == tenant else None
+        return Submitted(job_id, request.queue, bool(int(created)))
 
     async def submit_many(
         self, requests: Sequence[SubmitRequest], *, tenant: str = ""
     ) -> list[str]:
         """Submit in one round trip (benchmarks, bulk loads). Returns the job ids."""
         calls = [("submit", *self._submit_call(r, tenant, None)) for r in requests]
-        return [_s(job_id) for _, job_id in await self.scripts.run_many(calls)]
+        return [job_id for _, job_id in await self.scripts.run_many(calls)]
 
     def _submit_call(
         self, request: SubmitRequest, tenant: str, idempotency_key: str | None
@@ -266,25 +180,6 @@ class Producer:
         ]
         return keys, args
 
-    async def get(self, queue: str, job_id: str) -> Job | None:
-        fields = await self.redis.hgetall(self.keys(queue).job(job_id))  # type: ignore[misc]
-        return Job.from_hash({_s(k): _s(v) for k, v in fields.items()}) if fields else None
-
-    async def find(self, job_id: str, queues: Sequence[str] | None = None) -> Job | None:
-        """The job with this id in any of `queues` (default: the configured ones)."""
-        for queue in queues or self.settings.queues:
-            job = await self.get(queue, job_id)
-            if job is not None:
-                return job
-        return None
-
-    async def events(
-        self, queue: str, job_id: str, after: str | None = None, count: int | None = None
-    ) -> list[Event]:
-        """The job's own event history, after `after` (exclusive) when given."""
-        start = f"({after}" if after else "-"
-        return await job_history(self.redis, self.keys(queue), job_id, start, count=count)
-
     async def cancel(self, queue: str, job_id: str, reason: str = "cancelled by request") -> str:
         """`cancelled` (it ended now) or `requested` (it is running; its worker will stop it)."""
         k, job_key, job_events_key = self._job_keys(queue, job_id)
@@ -304,11 +199,11 @@ class Producer:
 
     @staticmethod
     def _outcome(job_id: str, action: str, outcome: list[Any]) -> str:
-        result = _s(outcome[0])
+        result = str(outcome[0])
         if result == "missing":
             raise JobNotFound(job_id)
         if result == "refused":
-            raise TransitionRefused(job_id, _s(outcome[1]), action)
+            raise TransitionRefused(job_id, outcome[1], action)
         return result
 
     # --- worker side: start, report, finish -----------------------------------------------
@@ -331,7 +226,7 @@ class Producer:
         return [
             self._delivery(queue, job_id, entry_id, result[1:])
             for (entry_id, job_id), result in zip(entries, results, strict=True)
-            if _s(result[0]) == "started"
+            if result[0] == "started"
         ]
 
     async def _run_batches(self, name: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
@@ -347,9 +242,9 @@ class Producer:
             job_id=job_id,
             entry_id=entry_id,
             attempt=int(attempt),
-            type=_s(job_type),
-            payload=json.loads(_s(payload)),
-            timeout_s=float(_s(timeout_s)) if _s(timeout_s) else None,
+            type=job_type,
+            payload=json.loads(payload),
+            timeout_s=float(timeout_s) if timeout_s else None,
         )
 
     async def progress(
@@ -439,9 +334,9 @@ class Producer:
         written = [bool(w) for reply in replies[: len(calls) - (count > 0)] for w in reply]
         taken = replies[-1] if count > 0 else []
         deliveries = [
-            self._delivery(queue, _s(row[1]), _s(row[0]), row[3:])
+            self._delivery(queue, row[1], row[0], row[3:])
             for row in taken
-            if _s(row[2]) == "started"
+            if row[2] == "started"
         ]
         return Taken(written, deliveries, exhausted=count > 0 and len(taken) < count)
 
@@ -470,7 +365,7 @@ class Producer:
                 default_max_attempts,
             ],
         )
-        return _s(outcome[0])
+        return str(outcome[0])
 
     async def cancelled(self, delivery: Delivery, reason: str) -> bool:
         k, job_key, job_events_key = self._job_keys(delivery.queue, delivery.job_id)
@@ -507,7 +402,7 @@ class Producer:
                 pipe.hget(k.job(job_id), "cancel_requested")
             flags = await pipe.execute()
         return {
-            job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag and _s(flag) == "1"
+            job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag == "1"
         }
 
     async def promote(self, queue: str, limit: int = 1000) -> tuple[int, int | None]:
@@ -530,13 +425,13 @@ class Producer:
         )
         if not pending:
             return ReclaimReport([], [], 0)
-        entry_ids = [_s(p["message_id"]) for p in pending]
+        entry_ids = [p["message_id"] for p in pending]
         async with self.redis.pipeline(transaction=False) as pipe:
             for entry_id in entry_ids:
                 pipe.xrange(k.jobs, entry_id, entry_id)
             ranges = await pipe.execute()
         job_ids = {
-            entry_id: _s(rows[0][1][b"job_id" if b"job_id" in rows[0][1] else "job_id"])
+            entry_id: rows[0][1]["job_id"]
             for entry_id, rows in zip(entry_ids, ranges, strict=True)
             if rows
         }
@@ -557,7 +452,7 @@ class Producer:
         dead: list[str] = []
         skipped = len(gone)
         for (entry_id, job_id), result in zip(claimable, results, strict=True):
-            verdict = _s(result[0])
+            verdict = result[0]
             if verdict == JobStatus.RUNNING:
                 deliveries.append(self._delivery(queue, job_id, entry_id, result[1:]))
             elif verdict == "dead":

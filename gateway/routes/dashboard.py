@@ -14,8 +14,9 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
+from gateway.artifacts import artifact_url as presigned_url
 from gateway.deps import GatewayDep, Tenant
-from gateway.routes import jobs
+from gateway.models import ERRORS
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -58,7 +59,7 @@ class JobTypes(BaseModel):
     types: list[str]
 
 
-@router.get("/v1/job-types", response_model=JobTypes, tags=["jobs"], responses=jobs.ERRORS)
+@router.get("/v1/job-types", response_model=JobTypes, tags=["jobs"], responses=ERRORS)
 async def job_types(gw: GatewayDep, tenant: Tenant) -> Any:
     """The job types this gateway accepts in `POST /v1/jobs`."""
     return JobTypes(types=sorted(gw.job_types))
@@ -72,11 +73,10 @@ class ArtifactUrl(BaseModel):
     "/v1/jobs/{job_id}/artifacts/{name}/url",
     response_model=ArtifactUrl,
     tags=["jobs"],
-    responses=jobs.ERRORS,
+    responses=ERRORS,
 )
 async def artifact_url(job_id: str, name: str, gw: GatewayDep, tenant: Tenant) -> Any:
     """The artifact's short-lived presigned URL as JSON. A browser's `fetch` cannot read the
     `Location` of the redirect that `GET .../artifacts/{name}` answers (an opaque redirect),
     and following it would carry the API key to the store; the page opens this URL instead."""
-    redirect = await jobs.artifact(job_id, name, gw, tenant)
-    return ArtifactUrl(url=redirect.headers["location"])
+    return ArtifactUrl(url=await presigned_url(gw, tenant, job_id, name))

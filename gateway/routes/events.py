@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Header, HTTPException, Query
 from sse_starlette import EventSourceResponse
-from sse_starlette.event import ServerSentEvent
-from starlette.types import Receive, Scope, Send
 
 from gateway.access import own_job
 from gateway.deps import FirehoseTenant, Gateway, GatewayDep, JobEventsTenant
-from gateway.routes.jobs import ERRORS
-from gateway.streams import firehose_stream, job_stream
-from gateway.subscriber import Subscriber, Write, direct_writer, is_stream_id
+from gateway.models import ERRORS
+from gateway.sse.catch_up import firehose_stream, job_stream
+from gateway.sse.response import HubEventSourceResponse
+from schemas.stream_id import is_stream_id
 
 router = APIRouter(tags=["events"])
-
-# After the hub drops a subscriber, its generator normally ends the response at once. If it
-# cannot (it is stuck writing to a client that stopped reading), the connection is cut.
-DROP_GRACE_S = 1.0
 
 SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/event-stream": {}}, "description": "an SSE stream"},
@@ -35,50 +28,6 @@ LastEventIdHeader = Annotated[
 LastEventIdQuery = Annotated[
     str | None, Query(max_length=64, description="same as the Last-Event-ID header")
 ]
-
-
-class HubEventSourceResponse(EventSourceResponse):
-    """An SSE response tied to a hub subscriber: it sends the catch-up read from Redis, then
-    hands the subscriber its connection (the hub writes live events from then on) and ends
-    when the subscriber closes. Unsubscribed however it ends, and cut off when the hub
-    dropped it but the last write is stuck on a client that stopped reading."""
-
-    def __init__(
-        self, catch_up: AsyncIterator[ServerSentEvent], gw: Gateway, sub: Subscriber, kind: str
-    ) -> None:
-        # Pings come from the hub (one loop for every connection), not a task per response.
-        super().__init__(self._stream(catch_up), ping=0)
-        self.gw = gw
-        self.sub = sub
-        self.kind = kind
-        self._write: Write | None = None
-
-    async def _stream(self, catch_up: AsyncIterator[ServerSentEvent]) -> AsyncIterator[Any]:
-        async for message in catch_up:
-            yield message
-        # Everything yielded so far has been sent: the hub can write after it.
-        assert self._write is not None
-        self.sub.go_live(self._write)
-        await self.sub.wait_closed()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._write = direct_writer(send)
-        gauge = self.gw.metrics.sse_connections.labels(self.kind)
-        gauge.inc()
-        try:
-            async with anyio.create_task_group() as group:
-
-                async def cut_when_dropped() -> None:
-                    await self.sub.wait_closed()
-                    await anyio.sleep(DROP_GRACE_S)
-                    group.cancel_scope.cancel()
-
-                group.start_soon(cut_when_dropped)
-                await super().__call__(scope, receive, send)
-                group.cancel_scope.cancel()
-        finally:
-            self.gw.hub.unsubscribe(self.sub)
-            gauge.dec()
 
 
 async def _hub_ready(gw: Gateway) -> None:
@@ -116,7 +65,7 @@ async def job_events(
         last_event_id=_resume_id(last_event_id_header, last_event_id),
         retry_ms=gw.settings.sse_retry_ms,
     )
-    return HubEventSourceResponse(content, gw, sub, "job")
+    return HubEventSourceResponse(content, gw.hub, sub, "job", gw.metrics)
 
 
 @router.get("/v1/events", response_class=EventSourceResponse, responses=SSE_RESPONSES)
@@ -136,12 +85,12 @@ async def firehose(
         raise HTTPException(422, f"queue: not configured: {', '.join(unknown)}")
     await _hub_ready(gw)
     sub = gw.hub.subscribe_tenant(tenant, queues=queue, job_types=type, event_types=event)
-    keys = [gw.producer.keys(q) for q in settings.queues if not queue or q in queue]
+    queues = [q for q in settings.queues if not queue or q in queue]
     content = firehose_stream(
         sub,
-        gw.redis,
-        keys,
+        gw.producer,
+        queues,
         last_event_id=_resume_id(last_event_id_header, last_event_id),
         retry_ms=settings.sse_retry_ms,
     )
-    return HubEventSourceResponse(content, gw, sub, "firehose")
+    return HubEventSourceResponse(content, gw.hub, sub, "firehose", gw.metrics)

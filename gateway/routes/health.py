@@ -15,7 +15,6 @@ from redis.exceptions import RedisError
 from gateway.deps import Credentials, Gateway, GatewayDep
 from gateway.errors import RedisUnavailable, redis_deadline
 from gateway.models import ErrorBody
-from producer.checks import store_full
 
 # Consumers mark themselves seen every 5 s (consumers/worker.py, HEARTBEAT_S): three missed
 # beats and a consumer no longer counts as alive.
@@ -36,8 +35,8 @@ async def readyz(gw: GatewayDep) -> Any:
     checks: dict[str, str] = {}
     try:
         async with redis_deadline(gw.settings.redis_timeout_s):
-            await gw.redis.ping()
-            checks["redis"] = await store_full(gw.redis) or "ok"
+            await gw.producer.ping()
+            checks["redis"] = await gw.producer.store_full() or "ok"
     except (RedisUnavailable, RedisError) as exc:
         checks["redis"] = f"unreachable: {exc}"
     if gw.settings.s3_endpoint:

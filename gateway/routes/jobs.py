@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
+import base64
+import binascii
+import json
 import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -11,10 +13,11 @@ from fastapi import APIRouter, Header, HTTPException, Query, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from gateway.access import job_path, own_job, page_links, resource
+from gateway.artifacts import artifact_url
 from gateway.deps import Gateway, GatewayDep, Tenant
 from gateway.errors import QueueNotConfigured, RedisUnavailable, redis_deadline
-from gateway.listing import decode_cursor, encode_cursor, list_jobs
-from gateway.models import ActionResult, ErrorBody, JobPage, JobResource
+from gateway.models import ERRORS, ActionResult, ErrorBody, JobPage, JobResource
+from producer import Position
 from schemas.errors import UnknownJobType
 from schemas.models import Job, SubmitRequest
 from schemas.status import JobStatus
@@ -26,12 +29,6 @@ MAYBE_CREATED = (
 )
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "missing or unknown API key"},
-    404: {"model": ErrorBody, "description": "no such job (or another tenant's)"},
-    503: {"model": ErrorBody, "description": "Redis did not answer in time, or is full"},
-}
 
 
 @router.post(
@@ -121,10 +118,10 @@ async def list_(
         after = decode_cursor(cursor) if cursor is not None else None
     except ValueError:
         raise HTTPException(422, "cursor: not a cursor this API issued") from None
-    keys = [gw.producer.keys(q) for q in settings.queues if queue is None or q == queue]
+    queues = [q for q in settings.queues if queue is None or q == queue]
     async with redis_deadline(settings.redis_timeout_s):
-        page = await list_jobs(
-            gw.redis, keys, tenant, limit=limit, after=after, status=status, job_type=type
+        page = await gw.producer.list_jobs(
+            queues, tenant, limit=limit, after=after, status=status, job_type=type
         )
     return JobPage(
         items=[resource(gw, job) for job in page.jobs],
@@ -177,28 +174,25 @@ async def _act(
     responses=ERRORS,
 )
 async def artifact(job_id: str, name: str, gw: GatewayDep, tenant: Tenant) -> Any:
-    job = await own_job(gw, tenant, job_id)
-    found = next((a for a in job.artifacts if a.name == name), None)
-    if found is None:
-        raise HTTPException(404, f"job {job_id!r} has no artifact {name!r}")
-    settings = gw.settings
-    try:
-        from consumers.storage import Storage
-    except ImportError:
-        raise HTTPException(503, "artifact storage is not available") from None
-    if not settings.s3_endpoint:
-        raise HTTPException(503, "artifact storage is not configured")
+    return RedirectResponse(await artifact_url(gw, tenant, job_id, name), status_code=307)
 
-    def presign() -> str:
-        storage = Storage.from_settings(settings)
-        try:
-            return storage.presigned_get_url(found.key, settings.presign_ttl_s)
-        finally:
-            storage.close()
 
+# The listing's cursor: the store's `Position` of the last entry a page examined, opaque to
+# clients. A page resumes strictly after it, whatever is submitted meanwhile.
+
+
+def encode_cursor(position: Position) -> str:
+    raw = json.dumps([position.score, position.job_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> Position:
+    """Raises ValueError for anything that is not a cursor we issued."""
     try:
-        async with asyncio.timeout(settings.redis_timeout_s):
-            url = await asyncio.to_thread(presign)
-    except TimeoutError:
-        raise HTTPException(503, "artifact storage did not answer in time") from None
-    return RedirectResponse(url, status_code=307)
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        score, job_id = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise ValueError("not a valid cursor") from exc
+    if not isinstance(score, int) or not isinstance(job_id, str) or isinstance(score, bool):
+        raise ValueError("not a valid cursor")
+    return Position(score, job_id)

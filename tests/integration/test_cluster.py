@@ -21,9 +21,9 @@ from redis.exceptions import ConnectionError, RedisError
 
 from consumers.worker import ConveyorWorker, connect
 from conveyor.commands import inspect_lines
-from gateway.app import create_app
+from conveyor.gateway_app import gateway_app
 from gateway.deps import Gateway
-from gateway.subscriber import Subscriber
+from gateway.sse.subscriber import Subscriber
 from producer import Producer
 from producer.connection import ConveyorCluster, redis_from_url
 from schemas import CONSUMER_GROUP, JobStatus, QueueKeys, Settings, SubmitRequest
@@ -129,7 +129,7 @@ async def test_submit_and_run_on_two_nodes_each_job_once(
         job = await producer.get(queue, min(submitted[queue]))
         assert job is not None and job.status is JobStatus.SUCCEEDED
         # `conveyor inspect` reads one queue's keys: one slot, fine on a cluster.
-        lines = await inspect_lines(producer.redis, producer.keys(queue), settings)
+        lines = await inspect_lines(producer, queue)
         assert any(f"group '{CONSUMER_GROUP}'  pending 0" in line for line in lines), lines
 
     # Each queue's keys are in its slot on its own master, and on no other node.
@@ -216,7 +216,7 @@ def sse_events(body: str) -> list[dict[str, Any]]:
 async def test_sse_streams_jobs_of_both_nodes_to_their_terminal_event(
     queues: tuple[str, str], settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app = create_app(settings)
+    app = gateway_app(settings)
     async with LifespanManager(app):
         gw: Gateway = app.state.gateway
         assert len(gw.hub.stream_groups()) == 2  # one XREAD per slot
@@ -282,13 +282,13 @@ async def test_a_worker_rides_out_a_restart_of_the_whole_cluster(
         producer = Producer(client, settings)
         worker = ConveyorWorker(settings, connect(settings), queue=queue_name, handle_signals=False)
         saw_outage = asyncio.Event()
-        unavailable = worker._redis_unavailable
+        unavailable = worker.lanes.redis_unavailable
 
         async def note_outage(exc: RedisError) -> None:
             saw_outage.set()
             await unavailable(exc)
 
-        worker._redis_unavailable = note_outage  # type: ignore[method-assign]
+        worker.lanes.redis_unavailable = note_outage  # type: ignore[method-assign]
         try:
             before = await producer.submit(SubmitRequest(type="noop", queue=queue_name))
             async with running(worker):

@@ -17,8 +17,9 @@ import redis.asyncio as aioredis
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
+from consumers.storage import Storage
+from conveyor.gateway_app import gateway_app
 from conveyor.process import free_port
-from gateway.app import create_app
 from gateway.deps import Gateway
 from producer import Producer
 from schemas.keys import CONSUMER_GROUP
@@ -45,7 +46,7 @@ def settings(settings_factory: Callable[..., Settings], queue_name: str) -> Sett
 
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
-    application = create_app(settings)
+    application = gateway_app(settings)
     async with LifespanManager(application):
         yield application
 
@@ -290,7 +291,10 @@ async def test_artifact_redirects_to_a_presigned_url(
     job = await submit(client)
     await run_to_success(producer, queue_name, job["id"], {"ok": True})
     gw: Gateway = app.state.gateway
-    gw.settings = gw.settings.model_copy(update={"s3_endpoint": "127.0.0.1:9"})
+    # What the composition root hands a gateway with a store configured (it never connects).
+    gw.presigner = Storage.from_settings(
+        gw.settings.model_copy(update={"s3_endpoint": "127.0.0.1:9"})
+    )
     response = await client.get(f"/v1/jobs/{job['id']}/artifacts/out.txt", headers=A)
     assert response.status_code == 307, response.text
     location = response.headers["location"]
@@ -305,7 +309,7 @@ async def test_frozen_redis_is_503_within_the_deadline(
 ) -> None:
     server = fresh_redis()
     settings = settings_factory(redis_url=server.url, api_keys=KEYS)
-    application = create_app(settings)
+    application = gateway_app(settings)
     transport = httpx.ASGITransport(application, raise_app_exceptions=False)
     async with (
         LifespanManager(application),
@@ -336,7 +340,7 @@ async def test_unreachable_redis_is_503_and_not_ready(
     settings_factory: Callable[..., Settings],
 ) -> None:
     settings = settings_factory(redis_url=f"redis://127.0.0.1:{free_port()}/0", api_keys=KEYS)
-    application = create_app(settings)
+    application = gateway_app(settings)
     transport = httpx.ASGITransport(application, raise_app_exceptions=False)
     async with (
         LifespanManager(application),
@@ -492,9 +496,7 @@ async def test_a_last_event_id_redis_would_refuse_counts_as_none(
     job = await submit(client)
     await client.post(f"/v1/jobs/{job['id']}/cancel", headers=A)  # ended: the stream ends
     for headers, query in [({"Last-Event-ID": resume}, ""), ({}, f"?last_event_id={resume}")]:
-        response = await client.get(
-            f"/v1/jobs/{job['id']}/events{query}", headers={**A, **headers}
-        )
+        response = await client.get(f"/v1/jobs/{job['id']}/events{query}", headers={**A, **headers})
         assert response.status_code == 200
         events = [line for line in response.text.splitlines() if line.startswith("event:")]
         assert events == ["event: snapshot"], response.text  # whole, and ended normally
@@ -516,7 +518,7 @@ async def test_a_full_redis_is_503_saying_so_and_not_ready(
 ) -> None:
     server = fresh_redis()
     settings = settings_factory(redis_url=server.url, api_keys=KEYS)
-    application = create_app(settings)
+    application = gateway_app(settings)
     transport = httpx.ASGITransport(application, raise_app_exceptions=False)
     admin = aioredis.Redis.from_url(server.url, decode_responses=True)
     async with (
@@ -562,7 +564,7 @@ async def test_a_submit_timeout_says_the_job_may_exist_and_how_to_find_it(
 ) -> None:
     server = fresh_redis()
     settings = settings_factory(redis_url=server.url, api_keys=KEYS, redis_timeout_s=0.5)
-    application = create_app(settings)
+    application = gateway_app(settings)
     transport = httpx.ASGITransport(application, raise_app_exceptions=False)
     async with (
         LifespanManager(application),
@@ -579,7 +581,7 @@ async def test_a_submit_timeout_says_the_job_may_exist_and_how_to_find_it(
 
 
 async def test_metrics_can_require_a_key(settings: Settings) -> None:
-    application = create_app(settings.model_copy(update={"metrics_key": "scrape-key"}))
+    application = gateway_app(settings.model_copy(update={"metrics_key": "scrape-key"}))
     transport = httpx.ASGITransport(application, raise_app_exceptions=False)
     async with (
         LifespanManager(application),
@@ -595,7 +597,7 @@ async def test_metrics_can_require_a_key(settings: Settings) -> None:
 async def test_a_gateway_without_keys_says_it_will_refuse_everything(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    application = create_app(settings.model_copy(update={"api_keys": {}}))
+    application = gateway_app(settings.model_copy(update={"api_keys": {}}))
     transport = httpx.ASGITransport(application, raise_app_exceptions=False)
     with caplog.at_level("WARNING", logger="conveyor.gateway"):
         async with (

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.hub import Hub
-from gateway.streams import job_stream
-from gateway.subscriber import Subscriber
+from gateway.sse.catch_up import job_stream
+from gateway.sse.hub import Hub
+from gateway.sse.subscriber import Subscriber
 from producer import Delivery, Producer
 from schemas.models import Event, SubmitRequest
 from schemas.settings import Settings
@@ -37,7 +37,7 @@ def producer(redis: aioredis.Redis, settings: Settings) -> Producer:
 @pytest.fixture
 async def hub(redis_server: Any, settings: Settings) -> AsyncIterator[Hub]:
     client = aioredis.Redis.from_url(redis_server.url, decode_responses=True, client_name="hub")
-    hub = Hub(client, settings)
+    hub = Hub(Producer(client, settings), settings)
     hub.start()
     async with asyncio.timeout(DEADLINE_S):
         await hub.ready.wait()
@@ -168,7 +168,7 @@ async def test_falling_behind_the_cap_refills_job_subscribers_from_job_streams(
 ) -> None:
     settings = settings_factory(events_maxlen=1, sse_subscriber_buffer=100)
     producer = Producer(redis, settings)
-    hub = Hub(redis, settings)  # not started: the test turns the reader by hand
+    hub = Hub(producer, settings)  # not started: the test turns the reader by hand
     await submit(producer, queue_name, "acme")  # the stream exists: the hub starts at its tail
     await hub.resolve_positions()
     job_id = await submit(producer, queue_name, "acme")
@@ -224,7 +224,7 @@ async def test_a_job_that_ends_after_subscribing_but_before_the_snapshot(
 def manual_hub(redis: aioredis.Redis, settings: Settings) -> Hub:
     """A hub whose reader the test turns by hand (`read_once`), so what it has dispatched
     at each step is known. The test pins its start (`resolve_positions`)."""
-    return Hub(redis, settings)
+    return Hub(Producer(redis, settings), settings)
 
 
 async def test_an_event_both_read_in_the_snapshot_and_buffered_goes_out_once(
@@ -275,7 +275,8 @@ async def test_live_subscribers_are_pinged_and_a_stalled_one_is_dropped_by_a_pin
     redis_server: Any, settings_factory: Callable[..., Settings]
 ) -> None:
     client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
-    hub = Hub(client, settings_factory(sse_ping_s=0.05))
+    ping_settings = settings_factory(sse_ping_s=0.05)
+    hub = Hub(Producer(client, ping_settings), ping_settings)
     hub.start()
     try:
         catching_up = hub.subscribe_tenant("acme")

@@ -16,7 +16,7 @@ from asgi_lifespan import LifespanManager
 from consumers.storage import MIN_PART_SIZE, Storage
 from consumers.worker import ConveyorWorker, connect
 from conveyor.embedded_s3 import EmbeddedS3
-from gateway.app import create_app
+from conveyor.gateway_app import gateway_app
 from schemas import JobStatus, Settings
 from tests.fixtures.origin import Origin, body_of
 from tests.fixtures.processes import conveyor_env, start_worker
@@ -75,7 +75,7 @@ async def test_ingest_records_the_artifact_and_the_gateway_serves_it(
     assert events[-1].data["artifacts"][0]["sha256"] == expected  # in the terminal event too
     assert any(e.data.get("stage") == "downloading" for e in events)
 
-    app = create_app(settings)
+    app = gateway_app(settings)
     async with (
         LifespanManager(app),
         httpx.AsyncClient(

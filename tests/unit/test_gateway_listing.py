@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.listing import Position, decode_cursor, encode_cursor
-from gateway.subscriber import is_stream_id, parse_id
+from gateway.routes.jobs import decode_cursor, encode_cursor
+from producer import Position
+from schemas.stream_id import is_stream_id, parse_id
 
 
 def test_cursors_round_trip_and_refuse_anything_else() -> None:

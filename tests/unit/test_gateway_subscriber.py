@@ -7,8 +7,9 @@ import asyncio
 
 from starlette.types import Message
 
-from gateway.subscriber import Outgoing, SentIds, Subscriber, direct_writer, is_stream_id
+from gateway.sse.subscriber import Outgoing, SentIds, Subscriber, direct_writer
 from schemas.models import Event
+from schemas.stream_id import is_stream_id
 
 
 def event(entry_id: str, *, queue: str = "q", kind: str = "job.progress") -> Event:

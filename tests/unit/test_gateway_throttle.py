@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from gateway.throttle import ProgressThrottle
+from gateway.sse.throttle import ProgressThrottle
 from schemas.events import EventType
 from schemas.models import Event
 from schemas.status import JobStatus

@@ -47,7 +47,7 @@ def test_the_generated_constants_name_every_status_and_event() -> None:
 
 
 def test_every_file_in_the_folder_is_a_script() -> None:
-    assert SCRIPT_NAMES == tuple(sorted(p.stem for p in SCRIPT_DIR.glob("*.lua")))
+    assert tuple(sorted(p.stem for p in SCRIPT_DIR.glob("*.lua"))) == SCRIPT_NAMES
     assert "submit" in SCRIPT_NAMES and "take" in SCRIPT_NAMES
     for name in SCRIPT_NAMES:
         source = script_source(name)

@@ -10,17 +10,15 @@ the subscriber: there is no live phase.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
-from redis.asyncio import Redis
 from sse_starlette.event import ServerSentEvent
 
-from gateway.subscriber import Subscriber, event_message, parse_id
+from gateway.sse.subscriber import Subscriber, event_message
 from producer import Producer
-from schemas.keys import QueueKeys
-from schemas.models import Event, Job
+from producer.reads import REPLAY_PAGE
+from schemas.models import Job
+from schemas.stream_id import parse_id
 
-REPLAY_PAGE = 500
 SNAPSHOT_EVENT = "snapshot"
 
 
@@ -39,15 +37,9 @@ async def job_stream(
 ) -> AsyncIterator[ServerSentEvent]:
     """`snapshot` (or the replay after `last_event_id`); the live events follow."""
     yield ServerSentEvent(retry=retry_ms)
-    replayed = False
-    if last_event_id is not None:
-        stream = producer.keys(queue).job_events(job_id)
-        head = await producer.redis.xrange(stream, "-", "+", count=1)
-        # The job's stream is capped too: if it no longer reaches back to the client's id,
-        # a replay would have a hole, so send the snapshot instead.
-        replayed = bool(head) and parse_id(head[0][0]) <= parse_id(last_event_id)
-    if replayed:
-        assert last_event_id is not None
+    # If the job's (capped) stream no longer reaches back to the client's id, a replay would
+    # have a hole: send the snapshot instead.
+    if last_event_id is not None and await producer.history_reaches(queue, job_id, last_event_id):
         sub.sent.mark([queue], parse_id(last_event_id))
         after = last_event_id
         while True:
@@ -74,45 +66,21 @@ async def job_stream(
 
 async def firehose_stream(
     sub: Subscriber,
-    redis: Redis,
-    keys: Sequence[QueueKeys],
+    producer: Producer,
+    queues: Sequence[str],
     *,
     last_event_id: str | None,
     retry_ms: int,
 ) -> AsyncIterator[ServerSentEvent]:
-    """The tenant's events across `keys`' queues after `last_event_id`, when given; the
-    live events follow. An event whose id is not above the highest sent (another queue's)
-    goes out without an `id:` line, so the client's resume point stays where it was."""
+    """The tenant's events across `queues` after `last_event_id`, when given; the live
+    events follow. An event whose id is not above the highest sent (another queue's) goes
+    out without an `id:` line, so the client's resume point stays where it was."""
     yield ServerSentEvent(retry=retry_ms)
     if last_event_id is None:
         return
-    sub.sent.mark([k.queue for k in keys], parse_id(last_event_id))
-    async for event in _replay_merged(redis, keys, last_event_id):
+    sub.sent.mark(list(queues), parse_id(last_event_id))
+    async for event in producer.queue_events_after(queues, last_event_id):
         if sub.matches(event) and event.tenant == sub.tenant:
             with_id = sub.sent.admit(event.queue, parse_id(event.id))
             if with_id is not None:
                 yield event_message(event, with_id=with_id)
-
-
-async def _replay_merged(
-    redis: Redis, keys: Sequence[QueueKeys], after: str
-) -> AsyncIterator[Event]:
-    """The queues' events streams after `after`, merged in id order, a page at a time."""
-    cursors = {k.events: after for k in keys}
-    buffers: dict[str, list[tuple[str, dict[str, Any]]]] = {k.events: [] for k in keys}
-    exhausted: set[str] = set()
-    while True:
-        for stream, buffer in buffers.items():
-            if not buffer and stream not in exhausted:
-                rows = await redis.xrange(stream, f"({cursors[stream]}", "+", count=REPLAY_PAGE)
-                buffer.extend(rows)
-                if rows:
-                    cursors[stream] = rows[-1][0]
-                if len(rows) < REPLAY_PAGE:
-                    exhausted.add(stream)
-        heads = [(parse_id(b[0][0]), s) for s, b in buffers.items() if b]
-        if not heads:
-            return
-        _, stream = min(heads)
-        entry_id, fields = buffers[stream].pop(0)
-        yield Event.from_entry(entry_id, fields)

@@ -12,13 +12,13 @@ Concurrency::
        │    subscribers of that job id          (per-job SSE)
        │    subscribers of that tenant, filtered (firehose SSE)
        ▼
-    Subscriber (gateway.subscriber) ── never blocks the hub:
+    Subscriber (gateway.sse.subscriber) ── never blocks the hub:
        catching up: a bounded buffer; overflow drops the subscriber
        live: the frame is written straight into the connection; a write that would wait
              (the client stopped reading) drops the subscriber
        ▼
-    response (gateway.streams + routes/events.py) ── sends the snapshot or replay, hands
-       the subscriber its connection, and ends when the subscriber closes. A dropped client
+    response (gateway.sse.catch_up + gateway.sse.response) ── sends the snapshot or replay,
+       hands the subscriber its connection, and ends when the subscriber closes. A dropped client
        resumes with Last-Event-ID: memory stays bounded and nothing is lost.
 
 A browser costs no Redis connection. When the reader finds it fell behind the events stream's
@@ -36,18 +36,15 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
-from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from gateway.metrics import Metrics
-from gateway.subscriber import Outgoing, Subscriber, parse_id
-from gateway.throttle import ProgressThrottle
-from producer.producer import job_history
-from schemas.keys import QueueKeys
+from gateway.sse.subscriber import Outgoing, Subscriber
+from gateway.sse.throttle import ProgressThrottle
+from producer import Producer
 from schemas.models import Event
 from schemas.settings import Settings
+from schemas.stream_id import parse_id
 
 log = logging.getLogger("conveyor.gateway.hub")
 
@@ -62,13 +59,14 @@ PING_SLICE = 500
 class Hub:
     """Reads every configured queue's events stream once and fans the events out."""
 
-    def __init__(self, redis: Redis, settings: Settings, metrics: Metrics | None = None) -> None:
-        self.redis = redis
+    def __init__(
+        self, store: Producer, settings: Settings, metrics: Metrics | None = None
+    ) -> None:
+        # Its own store, on a connection whose timeout outlasts the reader's XREAD BLOCK.
+        self.store = store
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.keys = {q: QueueKeys(q, settings.key_prefix) for q in settings.queues}
-        self._stream_queue = {k.events: q for q, k in self.keys.items()}
-        self.positions: dict[str, str] = {}
+        self.positions: dict[str, str] = {}  # queue -> the last id read of its events stream
         self._jobs: dict[str, set[Subscriber]] = {}
         self._tenants: dict[str, set[Subscriber]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -205,25 +203,12 @@ class Hub:
     async def resolve_positions(self) -> None:
         """Start at each stream's current tail ('$', but pinned, so nothing slips between
         two XREADs); a stream that does not exist yet is read from its beginning."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key in self._stream_queue:
-                pipe.xrevrange(key, "+", "-", count=1)
-            tails = await pipe.execute()
-        self.positions = {
-            key: (rows[0][0] if rows else "0-0")
-            for key, rows in zip(self._stream_queue, tails, strict=True)
-        }
+        self.positions = await self.store.event_stream_tails(self.settings.queues)
         self.ready.set()
 
     def stream_groups(self) -> list[list[str]]:
-        """The events streams one XREAD may cover together: all of them on one Redis; on a
-        Redis Cluster, those of one hash slot (a command's keys must share a slot there)."""
-        if not isinstance(self.redis, RedisCluster):
-            return [list(self._stream_queue)]
-        by_slot: dict[int, list[str]] = {}
-        for stream in self._stream_queue:
-            by_slot.setdefault(key_slot(stream.encode()), []).append(stream)
-        return list(by_slot.values())
+        """The queues one XREAD may cover together (on a Redis Cluster, one hash slot's)."""
+        return self.store.event_stream_groups(self.settings.queues)
 
     async def _run(self) -> None:
         # One blocking reader per group: on a cluster, a quiet queue's XREAD BLOCK must not
@@ -248,7 +233,7 @@ class Hub:
     def _all_subscribers(self) -> list[set[Subscriber]]:
         return [*self._jobs.values(), *self._tenants.values()]
 
-    async def _read_loop(self, streams: list[str]) -> None:
+    async def _read_loop(self, queues: list[str]) -> None:
         backoff = 0.05
         while not self._closing:
             try:
@@ -258,7 +243,7 @@ class Hub:
                     async with self._resolving:
                         if not self.ready.is_set():
                             await self.resolve_positions()
-                await self.read_once(BLOCK_MS, streams)
+                await self.read_once(BLOCK_MS, queues)
                 backoff = 0.05
             except asyncio.CancelledError:
                 raise
@@ -274,14 +259,14 @@ class Hub:
                 log.exception("hub reader: unexpected error")
                 await asyncio.sleep(BACKOFF_MAX_S)
 
-    async def read_once(self, block_ms: int | None = None, streams: list[str] | None = None) -> int:
-        """One XREAD over `streams` (default: every queue's, one XREAD per group of
-        `stream_groups`); dispatches what it read and returns how many."""
-        groups = [streams] if streams is not None else self.stream_groups()
+    async def read_once(self, block_ms: int | None = None, queues: list[str] | None = None) -> int:
+        """One XREAD over `queues`' events streams (default: every queue's, one XREAD per
+        group of `stream_groups`); dispatches what it read and returns how many."""
+        groups = [queues] if queues is not None else self.stream_groups()
 
         def xread(group: list[str]) -> Any:
-            positions: dict[Any, Any] = {key: self.positions[key] for key in group}
-            return self.redis.xread(positions, count=BATCH, block=block_ms)
+            positions = {queue: self.positions[queue] for queue in group}
+            return self.store.read_events(positions, BATCH, block_ms)
 
         # One group (always, on one Redis) is awaited directly: no task in between, so
         # events are dispatched as soon as the reply is in.
@@ -291,22 +276,20 @@ class Hub:
             else await asyncio.gather(*map(xread, groups))
         )
         total = 0
-        for stream, entries in [item for reply in replies for item in reply or ()]:
-            if not entries:
-                continue
+        for queue, entries in [item for reply in replies for item in reply]:
             started = time.perf_counter()
             if len(entries) >= min(BATCH, self.settings.events_maxlen):
-                await self._refill_if_trimmed(stream, entries[0][0])
+                await self._refill_if_trimmed(queue, entries[0][0])
             now_ms = time.time() * 1000
             for entry_id, fields in entries:
                 # The position moves past every entry, readable or not: an entry that raised
                 # here was once read again, and again, holding back everything after it.
-                self.positions[stream] = entry_id
+                self.positions[queue] = entry_id
                 try:
                     event = Event.from_entry(entry_id, fields)
                 except (ValueError, KeyError) as exc:  # not an event this version can read
                     self.metrics.hub_undeliverable.inc()
-                    log.warning("hub: unreadable entry %s of %s skipped: %s", entry_id, stream, exc)
+                    log.warning("hub: unreadable entry %s of %s skipped: %s", entry_id, queue, exc)
                     continue
                 self.offer(event)
                 self.metrics.hub_lag.set(max(0.0, now_ms - event.ts) / 1000)
@@ -316,25 +299,22 @@ class Hub:
         self._arm_throttle_timer()
         return total
 
-    async def _refill_if_trimmed(self, stream: str, first_read: str) -> None:
+    async def _refill_if_trimmed(self, queue: str, first_read: str) -> None:
         """A full batch may mean we lag by more than the cap. If the stream now starts after
         our position, the entries between were trimmed unread: fetch them, for every job
         subscriber of that queue, from the job's own stream (ids are the same there)."""
-        position = self.positions[stream]
+        position = self.positions[queue]
         if position == "0-0":  # read from the beginning: nothing before it to lose
             return
-        head = await self.redis.xrange(stream, "-", "+", count=1)
-        if not head or parse_id(head[0][0]) <= parse_id(position):
+        head = await self.store.event_stream_head(queue)
+        if head is None or parse_id(head) <= parse_id(position):
             return
-        queue = self._stream_queue[stream]
-        keys = self.keys[queue]
         self.metrics.hub_refills.inc()
-        log.warning("hub reader fell behind the cap of %s: refilling from job streams", stream)
+        log.warning("hub reader fell behind the cap of %s's events: refilling", queue)
         for job_id, subs in list(self._jobs.items()):
             if not any(s.queue == queue for s in subs):
                 continue
-            history = await job_history(self.redis, keys, job_id, f"({position}", f"({first_read}")
-            for event in history:
+            for event in await self.store.events(queue, job_id, position, before=first_read):
                 self.dispatch_to(list(subs), event)
         for tenant_subs in list(self._tenants.values()):
             for sub in list(tenant_subs):

@@ -24,7 +24,6 @@ the client's resume point (the `id:` line) strictly increasing.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import deque
 from collections.abc import Callable
 
@@ -32,29 +31,12 @@ from sse_starlette.event import ServerSentEvent
 from starlette.types import Send
 
 from schemas.models import Event
+from schemas.stream_id import parse_id
 
 PING_FRAME = b": ping\r\n\r\n"
 
 Write = Callable[[bytes], bool]
 """Write one whole SSE frame now; False when it could not be written without waiting."""
-
-
-STREAM_ID = re.compile(r"^([0-9]{1,20})-([0-9]{1,20})$")
-MAX_ID_PART = 2**64 - 1
-
-
-def parse_id(entry_id: str) -> tuple[int, int]:
-    """A stream id as a comparable pair. Raises ValueError for anything else."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def is_stream_id(text: str) -> bool:
-    """Whether Redis would take `text` as an entry id: `<ms>-<seq>`, digits only, each part
-    within 64 bits. `int()` alone also takes `1_000`, ` 1` and `1-`; Redis refuses those, and
-    a Last-Event-ID refused mid-stream aborted the response after its 200."""
-    match = STREAM_ID.fullmatch(text)
-    return match is not None and all(int(part) <= MAX_ID_PART for part in match.groups())
 
 
 def event_message(event: Event, *, with_id: bool = True) -> ServerSentEvent:

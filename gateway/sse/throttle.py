@@ -10,9 +10,9 @@ through at once.
 
 from __future__ import annotations
 
-from gateway.subscriber import parse_id
 from schemas.events import EventType
 from schemas.models import Event
+from schemas.stream_id import parse_id
 
 
 class ProgressThrottle:

@@ -1,0 +1,52 @@
+"""`conveyor submit --wait` and `conveyor inspect`, run as a user runs them, on real Redis."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conveyor.embedded_redis import EmbeddedRedis
+from tests.fixtures.processes import REPO, conveyor_env, start_worker
+
+pytestmark = pytest.mark.integration
+
+
+def conveyor(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "conveyor.cli", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_submit_wait_prints_every_event_and_exits_by_the_outcome(
+    redis_server: EmbeddedRedis, queue_name: str, tmp_path: Path
+) -> None:
+    env = conveyor_env(
+        CONVEYOR_REDIS_URL=redis_server.url,
+        CONVEYOR_QUEUES=queue_name,
+        CONVEYOR_HANDLERS="tests.handlers",
+    )
+    worker = start_worker(env, queue=queue_name, log_dir=tmp_path, cwd=REPO)
+    try:
+        ok = conveyor(env, "submit", "sleep", "--payload", '{"seconds": 0.2, "steps": 2}', "--wait")
+        failed = conveyor(env, "submit", "permanent", "--wait")
+    finally:
+        worker.stop(grace_s=5)
+    assert ok.returncode == 0, ok.stderr
+    job_id, *events = ok.stdout.splitlines()
+    kinds = [line.split()[1] for line in events]
+    assert kinds == ["job.queued", "job.started", "job.progress", "job.progress", "job.succeeded"]
+    assert len(job_id) == 32
+    assert failed.returncode == 1, failed.stderr
+    assert [line.split()[1] for line in failed.stdout.splitlines()[1:]][-1] == "job.failed"
+    inspect = conveyor(env, "inspect", "--queue", queue_name)
+    assert inspect.returncode == 0, inspect.stderr
+    assert f"queue {queue_name!r}" in inspect.stdout
+    assert "stream entries   0" in inspect.stdout
