@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import enum
 
-from schemas.status import JobStatus
-
 
 class EventType(enum.StrEnum):
     SCHEDULED = "job.scheduled"
@@ -27,13 +25,3 @@ class EventType(enum.StrEnum):
 TERMINAL_EVENTS: frozenset[EventType] = frozenset(
     {EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELLED}
 )
-
-# The event a job publishes on entering each status.
-EVENT_FOR_STATUS: dict[JobStatus, EventType] = {
-    JobStatus.SCHEDULED: EventType.SCHEDULED,
-    JobStatus.QUEUED: EventType.QUEUED,
-    JobStatus.RUNNING: EventType.STARTED,
-    JobStatus.SUCCEEDED: EventType.SUCCEEDED,
-    JobStatus.FAILED: EventType.FAILED,
-    JobStatus.CANCELLED: EventType.CANCELLED,
-}

@@ -26,9 +26,6 @@ TERMINAL: frozenset[JobStatus] = frozenset(
     {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
 )
 
-# Where a job may begin: a delayed submit starts `scheduled`, any other `queued`.
-INITIAL: frozenset[JobStatus] = frozenset({JobStatus.SCHEDULED, JobStatus.QUEUED})
-
 # from -> the statuses it may move to. `running -> running` is a reclaim by another
 # consumer (a new attempt, same status). `queued -> failed` is a poison entry whose
 # consumers died before they could even start it.
@@ -49,6 +46,3 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.CANCELLED: frozenset({JobStatus.QUEUED}),
 }
 
-
-def can_transition(current: JobStatus, target: JobStatus) -> bool:
-    return target in TRANSITIONS[current]
