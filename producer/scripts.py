@@ -39,10 +39,12 @@ def _lua_table(pairs: dict[str, str]) -> str:
 
 
 def lua_constants() -> str:
-    """What the scripts must spell as Python does, as Lua locals: `STATUS.running`,
-    `EVENT.started`, `GROUP`, `JOB_EVENTS_SUFFIX`, `TRANSITIONS`, `TERMINAL`."""
-    statuses = {s.value: f"'{s.value}'" for s in JobStatus}
-    events = {e.value.removeprefix("job."): f"'{e.value}'" for e in EventType}
+    """What the scripts must spell as Python does, as Lua locals: `RUNNING` for each status,
+    `JOB_STARTED` for each event, `GROUP`, `JOB_EVENTS_SUFFIX`, `TRANSITIONS`, `TERMINAL`.
+    Plain locals, not tables: this preamble runs on every call, and a table of the names
+    cost the drain 0.75% more Redis instructions per job (bench.redis_cost)."""
+    names = [(s.name, s.value) for s in JobStatus]
+    names += [(f"JOB_{e.name}", e.value) for e in EventType]
     transitions = {
         source.value: _lua_table({t.value: "true" for t in sorted(TRANSITIONS[source])})
         for source in sorted(TRANSITIONS, key=lambda s: s.value)
@@ -51,9 +53,8 @@ def lua_constants() -> str:
         "-- generated from schemas: do not edit here\n"
         f"local GROUP = '{CONSUMER_GROUP}'\n"
         f"local JOB_EVENTS_SUFFIX = '{JOB_EVENTS_SUFFIX}'\n"
-        f"local STATUS = {_lua_table(statuses)}\n"
-        f"local EVENT = {_lua_table(events)}\n"
-        f"local TRANSITIONS = {_lua_table(transitions)}\n"
+        + "".join(f"local {name} = '{value}'\n" for name, value in names)
+        + f"local TRANSITIONS = {_lua_table(transitions)}\n"
         f"local TERMINAL = {_lua_table({s.value: 'true' for s in sorted(TERMINAL)})}\n"
     )
 

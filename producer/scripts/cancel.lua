@@ -10,16 +10,16 @@ local j = redis.call('HMGET', KEYS[3], 'status', 'entry_id', 'id', 'cancel_reque
 local status = j[1]
 if not status then return {'missing'} end
 
-if status == STATUS.running then
+if status == RUNNING then
   if j[4] ~= '1' then
     redis.call('HSET', KEYS[3], 'cancel_requested', '1', 'updated_at', tostring(now_ms()))
-    emit(KEYS[2], KEYS[3], KEYS[4], EVENT.cancel_requested, {reason = ARGV[5]})
+    emit(KEYS[2], KEYS[3], KEYS[4], JOB_CANCEL_REQUESTED, {reason = ARGV[5]})
   end
   return {'requested'}
 end
-if not allowed(status, STATUS.cancelled) then return {'refused', status} end
+if not allowed(status, CANCELLED) then return {'refused', status} end
 
-if status == STATUS.scheduled then
+if status == SCHEDULED then
   redis.call('ZREM', KEYS[5], j[3])
 else
   -- Not yet delivered: deleting the entry means no consumer ever sees it. Delivered but not
@@ -27,8 +27,8 @@ else
   end_delivery(KEYS[1], j[2])
 end
 local now = tostring(now_ms())
-redis.call('HSET', KEYS[3], 'status', STATUS.cancelled, 'error', ARGV[5], 'finished_at', now,
+redis.call('HSET', KEYS[3], 'status', CANCELLED, 'error', ARGV[5], 'finished_at', now,
   'updated_at', now)
-emit(KEYS[2], KEYS[3], KEYS[4], EVENT.cancelled, {reason = ARGV[5]})
+emit(KEYS[2], KEYS[3], KEYS[4], JOB_CANCELLED, {reason = ARGV[5]})
 expire_finished(KEYS[3], KEYS[4])
-return {STATUS.cancelled}
+return {CANCELLED}

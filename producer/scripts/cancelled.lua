@@ -6,11 +6,11 @@
 --@include common
 
 if not holds_lease(KEYS[3], ARGV[6]) then return 0 end
-check_transition(STATUS.running, STATUS.cancelled)
+check_transition(RUNNING, CANCELLED)
 local now = tostring(now_ms())
-redis.call('HSET', KEYS[3], 'status', STATUS.cancelled, 'error', ARGV[7], 'finished_at', now,
+redis.call('HSET', KEYS[3], 'status', CANCELLED, 'error', ARGV[7], 'finished_at', now,
   'updated_at', now)
 end_delivery(KEYS[1], ARGV[5])
-emit(KEYS[2], KEYS[3], KEYS[4], EVENT.cancelled, {reason = ARGV[7]})
+emit(KEYS[2], KEYS[3], KEYS[4], JOB_CANCELLED, {reason = ARGV[7]})
 expire_finished(KEYS[3], KEYS[4])
 return 1

@@ -18,18 +18,18 @@ local retry = ARGV[8] == '1' and used < max_attempts
 local now = now_ms()
 
 if retry then
-  check_transition(STATUS.running, STATUS.scheduled)
+  check_transition(RUNNING, SCHEDULED)
   local due = now + tonumber(ARGV[9])
-  redis.call('HSET', KEYS[3], 'status', STATUS.scheduled, 'error', ARGV[7], 'due_at', tostring(due),
+  redis.call('HSET', KEYS[3], 'status', SCHEDULED, 'error', ARGV[7], 'due_at', tostring(due),
     'updated_at', tostring(now))
   redis.call('ZADD', KEYS[5], due, redis.call('HGET', KEYS[3], 'id'))
   end_delivery(KEYS[1], ARGV[5])
-  emit(KEYS[2], KEYS[3], KEYS[4], EVENT.retrying,
+  emit(KEYS[2], KEYS[3], KEYS[4], JOB_RETRYING,
     {error = ARGV[7], due_at = due, delay_ms = tonumber(ARGV[9]), attempts_used = used})
   return {'retrying', due}
 end
 
-check_transition(STATUS.running, STATUS.failed)
+check_transition(RUNNING, FAILED)
 end_delivery(KEYS[1], ARGV[5])
 dead_letter(KEYS[2], KEYS[3], KEYS[4], KEYS[6], ARGV[7], 'handler_error', {})
-return {STATUS.failed, 0}
+return {FAILED, 0}

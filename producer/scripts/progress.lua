@@ -20,5 +20,5 @@ if ARGV[8] ~= '' then
   table.insert(fields, 'message'); table.insert(fields, ARGV[8])
 end
 redis.call('HSET', KEYS[2], unpack(fields))
-emit(KEYS[1], KEYS[2], KEYS[3], EVENT.progress, data)
+emit(KEYS[1], KEYS[2], KEYS[3], JOB_PROGRESS, data)
 return 1

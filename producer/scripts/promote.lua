@@ -13,11 +13,11 @@ for _, job_id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], job_id)
   local job_key = ARGV[6] .. job_id
   local j = redis.call('HMGET', job_key, 'status', 'type', 'attempt')
-  if j[1] == STATUS.scheduled then
-    check_transition(STATUS.scheduled, STATUS.queued)
-    redis.call('HSET', job_key, 'status', STATUS.queued, 'due_at', '', 'updated_at', tostring(now))
+  if j[1] == SCHEDULED then
+    check_transition(SCHEDULED, QUEUED)
+    redis.call('HSET', job_key, 'status', QUEUED, 'due_at', '', 'updated_at', tostring(now))
     enqueue(KEYS[2], job_key, job_id, j[2], j[3])
-    emit(KEYS[3], job_key, job_key .. JOB_EVENTS_SUFFIX, EVENT.queued, {})
+    emit(KEYS[3], job_key, job_key .. JOB_EVENTS_SUFFIX, JOB_QUEUED, {})
     moved = moved + 1
   end
 end

@@ -30,7 +30,7 @@ end
 local pending = redis.call('XPENDING', KEYS[1], GROUP, entry_id, entry_id, 1)
 local deliveries = tonumber(pending[1][4])
 if deliveries > tonumber(ARGV[8]) then
-  check_transition(status, STATUS.failed)
+  check_transition(status, FAILED)
   end_delivery(KEYS[1], entry_id)
   local text = 'delivered ' .. (deliveries - 1) .. ' times without finishing: its consumers ' ..
     'crashed or were lost (poison message)'
@@ -39,26 +39,26 @@ if deliveries > tonumber(ARGV[8]) then
 end
 
 local now = tostring(now_ms())
-if status == STATUS.running and j[7] == '1' then
-  check_transition(STATUS.running, STATUS.cancelled)
-  redis.call('HSET', KEYS[3], 'status', STATUS.cancelled, 'error', 'cancelled by request',
+if status == RUNNING and j[7] == '1' then
+  check_transition(RUNNING, CANCELLED)
+  redis.call('HSET', KEYS[3], 'status', CANCELLED, 'error', 'cancelled by request',
     'finished_at', now, 'updated_at', now)
   end_delivery(KEYS[1], entry_id)
-  emit(KEYS[2], KEYS[3], KEYS[4], EVENT.cancelled, {reason = 'cancelled by request'})
+  emit(KEYS[2], KEYS[3], KEYS[4], JOB_CANCELLED, {reason = 'cancelled by request'})
   expire_finished(KEYS[3], KEYS[4])
-  return {'skipped', STATUS.cancelled}
+  return {'skipped', CANCELLED}
 end
 
-check_transition(status, STATUS.running)
+check_transition(status, RUNNING)
 local attempt = redis.call('HINCRBY', KEYS[3], 'attempt', 1)
 -- The handler runs again from its start, so the attempt does too, as `start_job`'s would:
 -- the lost attempt's progress is not this one's.
-redis.call('HSET', KEYS[3], 'status', STATUS.running, 'owner', consumer, 'started_at', now,
+redis.call('HSET', KEYS[3], 'status', RUNNING, 'owner', consumer, 'started_at', now,
   'updated_at', now, 'stage', '', 'progress', '0', 'message', '')
-if status == STATUS.running then
-  emit(KEYS[2], KEYS[3], KEYS[4], EVENT.reclaimed,
+if status == RUNNING then
+  emit(KEYS[2], KEYS[3], KEYS[4], JOB_RECLAIMED,
     {from_owner = j[6], owner = consumer, deliveries = deliveries})
 else
-  emit(KEYS[2], KEYS[3], KEYS[4], EVENT.started, {owner = consumer, deliveries = deliveries})
+  emit(KEYS[2], KEYS[3], KEYS[4], JOB_STARTED, {owner = consumer, deliveries = deliveries})
 end
-return {STATUS.running, attempt, j[3], j[4], j[5]}
+return {RUNNING, attempt, j[3], j[4], j[5]}

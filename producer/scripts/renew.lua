@@ -7,7 +7,7 @@
 --@include common
 
 local j = redis.call('HMGET', KEYS[2], 'status', 'attempt', 'owner', 'entry_id', 'cancel_requested')
-if j[1] ~= STATUS.running or j[2] ~= ARGV[7] or j[3] ~= ARGV[6] or j[4] ~= ARGV[5] then
+if j[1] ~= RUNNING or j[2] ~= ARGV[7] or j[3] ~= ARGV[6] or j[4] ~= ARGV[5] then
   return {0, 0}
 end
 local claimed = redis.call('XCLAIM', KEYS[1], GROUP, ARGV[6], 0, ARGV[5], 'JUSTID')

@@ -8,14 +8,14 @@ local j = redis.call('HMGET', KEYS[3], 'status', 'id', 'type', 'attempt', 'idem_
 local status = j[1]
 if not status then return {'missing'} end
 -- Only an ended job is re-run by hand (`scheduled -> queued` is the promoter's move).
-if not (TERMINAL[status] and allowed(status, STATUS.queued)) then return {'refused', status} end
+if not (TERMINAL[status] and allowed(status, QUEUED)) then return {'refused', status} end
 
 redis.call('PERSIST', KEYS[3])
 redis.call('PERSIST', KEYS[4])
 if j[5] and j[5] ~= '' then redis.call('PERSIST', j[5]) end
-redis.call('HSET', KEYS[3], 'status', STATUS.queued, 'attempt_floor', j[4], 'cancel_requested', '0',
+redis.call('HSET', KEYS[3], 'status', QUEUED, 'attempt_floor', j[4], 'cancel_requested', '0',
   'error', '', 'result', '', 'stage', '', 'progress', '0', 'message', '', 'finished_at', '',
   'updated_at', tostring(now_ms()))
 enqueue(KEYS[1], KEYS[3], j[2], j[3], j[4])
-emit(KEYS[2], KEYS[3], KEYS[4], EVENT.queued, {manual_retry = true})
-return {STATUS.queued}
+emit(KEYS[2], KEYS[3], KEYS[4], JOB_QUEUED, {manual_retry = true})
+return {QUEUED}

@@ -31,10 +31,10 @@ local ts = tostring(now)
 -- A new job's fields are all known here: its event is appended from them and the hash is
 -- written once (a read-back `emit` and three HSETs cost a submit 20% more). `wait_field`
 -- says where it waits: its entry in the jobs stream, or its due time.
-local status, event, data, wait_field, wait_value = STATUS.queued, EVENT.queued, '{}', 'entry_id', nil
+local status, event, data, wait_field, wait_value = QUEUED, JOB_QUEUED, '{}', 'entry_id', nil
 if delay_ms > 0 then
   local due = tostring(now + delay_ms)
-  status, event, data = STATUS.scheduled, EVENT.scheduled, '{"due_at":' .. due .. '}'
+  status, event, data = SCHEDULED, JOB_SCHEDULED, '{"due_at":' .. due .. '}'
   wait_field, wait_value = 'due_at', due
   redis.call('ZADD', KEYS[5], due, job_id)
 else

@@ -16,12 +16,12 @@ local function succeed(job_key, job_events_key, entry_id, attempt, result, artif
   local j = redis.call('HMGET', job_key, 'status', 'attempt', 'id', 'queue', 'type', 'tenant',
     'idem_key')
   -- The fencing check (`holds_lease`), from the fields read once for the whole change.
-  if j[1] ~= STATUS.running or j[2] ~= attempt then return 0 end
-  check_transition(STATUS.running, STATUS.succeeded)
+  if j[1] ~= RUNNING or j[2] ~= attempt then return 0 end
+  check_transition(RUNNING, SUCCEEDED)
   table.insert(ended, entry_id)
-  local job = {j[3], j[4], j[5], j[6], STATUS.succeeded, j[2]}
-  local id = append_event(KEYS[2], job_events_key, EVENT.succeeded, data, job, now)
-  redis.call('HSET', job_key, 'status', STATUS.succeeded, 'result', result, 'artifacts', artifacts,
+  local job = {j[3], j[4], j[5], j[6], SUCCEEDED, j[2]}
+  local id = append_event(KEYS[2], job_events_key, JOB_SUCCEEDED, data, job, now)
+  redis.call('HSET', job_key, 'status', SUCCEEDED, 'result', result, 'artifacts', artifacts,
     'progress', '100', 'finished_at', now, 'updated_at', now, 'last_event_id', id)
   if attempt ~= '1' then redis.call('HSET', job_key, 'error', '') end  -- a retry's old error
   expire_finished(job_key, job_events_key, j[7])

@@ -1,6 +1,6 @@
 -- Shared by every script. The loader prepends what Python and Lua must spell alike, generated
 -- from `schemas` (see producer/scripts.py, `lua_constants`): GROUP, JOB_EVENTS_SUFFIX, the
--- STATUS and EVENT names, and the TRANSITIONS and TERMINAL tables of the state machine.
+-- status and event names (RUNNING, JOB_STARTED ...), and the TRANSITIONS and TERMINAL tables.
 --
 -- Every script takes the same four leading ARGV, the retention settings:
 --   ARGV[1] events_maxlen      cap (approximate) of the queue's events stream
@@ -96,7 +96,7 @@ end
 -- The fencing check of every write a worker makes: the job is running, under this attempt.
 local function holds_lease(job_key, attempt)
   local j = redis.call('HMGET', job_key, 'status', 'attempt')
-  return j[1] == STATUS.running and j[2] == attempt
+  return j[1] == RUNNING and j[2] == attempt
 end
 
 -- The job's delivery entry; the caller records the returned id as the hash's `entry_id`.

@@ -5,13 +5,13 @@
 local function dead_letter(events_key, job_key, job_events_key, dead_key, error_text, reason, extra)
   local now_n = now_ms()
   local now = string.format('%d', now_n)
-  redis.call('HSET', job_key, 'status', STATUS.failed, 'error', error_text, 'finished_at', now,
+  redis.call('HSET', job_key, 'status', FAILED, 'error', error_text, 'finished_at', now,
     'updated_at', now)
   local j = redis.call('HMGET', job_key, 'id', 'type', 'attempt')
   redis.call('XADD', dead_key, 'MINID', string.format('%d', now_n - RETENTION_S * 1000), '*',
     'job_id', j[1], 'type', j[2], 'error', error_text, 'attempts', j[3], 'reason', reason)
   local data = {error = error_text, reason = reason, attempts = tonumber(j[3]), dead_lettered = true}
   for k, v in pairs(extra) do data[k] = v end
-  emit(events_key, job_key, job_events_key, EVENT.failed, data)
+  emit(events_key, job_key, job_events_key, JOB_FAILED, data)
   expire_finished(job_key, job_events_key)
 end

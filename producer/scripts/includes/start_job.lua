@@ -16,17 +16,17 @@ local function start_job(jobs_key, events_key, job_key, job_events_key, entry_id
     end_delivery(jobs_key, entry_id)
     return {'skipped', 'stale'}
   end
-  if status ~= STATUS.queued then
+  if status ~= QUEUED then
     if TERMINAL[status] then end_delivery(jobs_key, entry_id) end
     return {'skipped', status}
   end
-  check_transition(status, STATUS.running)
+  check_transition(status, RUNNING)
 
   local attempt = (tonumber(j[6]) or 0) + 1
-  local job = {j[7], j[8], j[3], j[9], STATUS.running, string.format('%d', attempt)}
+  local job = {j[7], j[8], j[3], j[9], RUNNING, string.format('%d', attempt)}
   local data = '{"owner":' .. cjson.encode(consumer) .. '}'
-  local id = append_event(events_key, job_events_key, EVENT.started, data, job, now)
-  redis.call('HSET', job_key, 'status', STATUS.running, 'attempt', job[6], 'owner', consumer,
+  local id = append_event(events_key, job_events_key, JOB_STARTED, data, job, now)
+  redis.call('HSET', job_key, 'status', RUNNING, 'attempt', job[6], 'owner', consumer,
     'started_at', now, 'updated_at', now, 'last_event_id', id)
   if attempt > 1 then  -- a retry: the earlier attempt's progress is not this one's
     redis.call('HSET', job_key, 'stage', '', 'progress', '0', 'message', '')
