@@ -1,0 +1,174 @@
+"""Running one delivery: the handler call in the job's own task, the `ctx` it receives, and
+`Running`, what the rest of the consumer knows about a job while it runs (its lease, its
+slot, why it was stopped). How the attempt ended is handed to consumers/outcomes.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from arq.worker import Function
+
+from consumers import metrics
+from consumers.context import JobContext
+from producer import Delivery, Lease
+from schemas.errors import PermanentError
+from schemas.models import Artifact
+from schemas.strict_json import NotStrictJson, check_json
+
+if TYPE_CHECKING:
+    from consumers.lanes import Lane
+    from consumers.outcomes import Outcomes
+    from consumers.storage import Storage
+    from consumers.worker import ConveyorWorker
+
+logger = logging.getLogger("conveyor.worker")
+
+
+def logger_for(d: Delivery) -> JobLog:
+    return JobLog(
+        logger, {"job_id": d.job_id, "type": d.type, "attempt": d.attempt, "queue": d.queue}
+    )
+
+
+def entry_time_s(entry_id: str) -> float:
+    """A stream entry id starts with the ms time Redis added it: the job's enqueue time."""
+    return int(entry_id.partition("-")[0]) / 1000
+
+
+def clear_own_cancel() -> None:
+    """The job's task was cancelled by this worker (`Running.stop`) and goes on to record why:
+    clear the cancel, or every later await in the task (that write included) would see a
+    cancellation still pending."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+class JobLog(logging.LoggerAdapter[logging.Logger]):
+    """Binds a job's identity to every record, and (unlike the stdlib adapter before 3.13)
+    keeps the fields a call adds, such as a completion's `stages`."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
+
+
+class Running:
+    """One job this consumer is running: its lease, its task, and why it was stopped; once
+    its handler succeeded, the outcome its lane is to write."""
+
+    def __init__(self, delivery: Delivery, lane: Lane) -> None:
+        self.delivery = delivery
+        self.lane = lane
+        self.task: asyncio.Task[Any] | None = None
+        self.stop_reason: str | None = None  # "cancelled" | "lease_lost" | "timed_out"
+        self.holds_slot = True  # its handler runs (or may): counts against concurrency
+        self.outcome: tuple[Any, list[Artifact]] | None = None  # (result, artifacts)
+        self.log_fields: dict[str, Any] = {}
+        self.since = time.monotonic()
+        self.deadline: float | None = None  # while its handler runs: when it times out
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None and self.task is not None and not self.task.done():
+            self.stop_reason = reason
+            self.task.cancel()
+
+    @property
+    def lease(self) -> Lease:
+        d = self.delivery
+        return Lease(d.job_id, d.entry_id, d.attempt)
+
+
+class Runner:
+    """Runs a delivery's handler in the job's task (`run`), as the worker declared it through
+    arq: its functions, their timeouts, `ctx` and the job start and end hooks."""
+
+    def __init__(self, worker: ConveyorWorker, outcomes: Outcomes) -> None:
+        self.functions = worker.functions
+        self.worker_ctx = worker.ctx
+        self.on_job_start = worker.on_job_start
+        self.on_job_end = worker.on_job_end
+        self.default_timeout_s = worker.job_timeout_s
+        self.producer = worker.producer
+        self.progress_interval_s = worker.settings.progress_interval_s
+        self.outcomes = outcomes
+        self.storage: Storage | None = None  # the worker's S3 client, once it started
+
+    async def run(self, running: Running) -> None:
+        """Run one delivery and hand how it ended to `Outcomes`. The handler runs in this
+        task: a cancel request, a lost lease, its timeout or a shutdown cancels the task, and
+        `running.stop_reason` says which."""
+        d = running.delivery
+        function = self.functions.get(d.type)
+        if not isinstance(function, Function):  # arq keeps cron jobs here too; we run none
+            function = None
+        log = logger_for(d)
+        if function is None:
+            error = PermanentError(f"no handler for job type {d.type!r} here")
+            await self.outcomes.failed(running, error, None)
+            return
+        ctx = self.context(running, log)
+        timeout_s = d.timeout_s or function.timeout_s or self.default_timeout_s
+        metrics.labelled(metrics.JOBS, d.queue, d.type, "started").inc()
+        metrics.labelled(metrics.PICKUP, d.queue).observe(
+            max(0.0, time.time() - entry_time_s(d.entry_id))
+        )
+        log.debug("started %s attempt %d", d.type, d.attempt)
+        try:
+            if self.on_job_start:
+                await self.on_job_start(self.worker_ctx)
+            # See consumers/supervision.py: one sweep stops every handler past its deadline.
+            running.deadline = time.monotonic() + timeout_s
+            try:
+                # arq types ctx as a dict; ours is a JobContext that also answers ctx["name"].
+                result = await function.coroutine(ctx, **d.payload)  # type: ignore[arg-type]
+            finally:
+                running.deadline = None  # the timeout covers the handler, not our writes
+        except asyncio.CancelledError:
+            await self.outcomes.stopped(running, log, function, ctx, timeout_s)
+            return
+        except Exception as exc:
+            await self.outcomes.failed(running, exc, function, ctx)
+            return
+        finally:
+            if self.on_job_end:
+                await self.on_job_end(self.worker_ctx)
+        try:
+            check_json(result, "result")
+        except NotStrictJson as exc:
+            # Retrying would return the same: a permanent failure that says why, not a lane
+            # that dies encoding it, nor a stored value that no reader can encode again.
+            error = PermanentError(f"the result cannot be stored: {exc}")
+            await self.outcomes.failed(running, error, None, ctx)
+            return
+        self.outcomes.succeeded(running, result, ctx)
+
+    def context(self, running: Running, log: JobLog) -> JobContext:
+        d = running.delivery
+
+        async def report(percent: float | None, stage: str | None, message: str | None) -> None:
+            if not await self.producer.progress(
+                d.queue, d.job_id, d.attempt, percent, stage, message
+            ):
+                running.stop("lease_lost")
+
+        storage = None
+        if self.storage is not None:
+            from consumers.storage import JobStorage
+
+            storage = JobStorage(self.storage, d.queue, d.job_id)
+        return JobContext(
+            job_id=d.job_id,
+            queue=d.queue,
+            job_type=d.type,
+            attempt=d.attempt,
+            worker_ctx=self.worker_ctx,
+            report_progress=report,
+            storage=storage,
+            log=log,
+            min_progress_interval_s=self.progress_interval_s,
+        )
