@@ -19,19 +19,15 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from schemas.keys import QueueKeys
 from schemas.models import Job
 
 if TYPE_CHECKING:
-    from arq.connections import ArqRedis
-
     from producer import Producer
 
 logger = logging.getLogger("conveyor.worker")
 
 FailureHook = Callable[[dict[str, Any], Job], Awaitable[None]]
 HOOK_ATTRIBUTE = "on_failure"
-FAILURE_GROUP = "on_failure"
 
 H = TypeVar("H", bound=Callable[..., Awaitable[Any]])
 
@@ -57,17 +53,15 @@ class FailureHooks:
 
     def __init__(
         self,
-        pool: ArqRedis,
         producer: Producer,
-        keys: QueueKeys,
+        queue: str,
         consumer: str,
         hooks: Mapping[str, FailureHook],
         ctx: dict[str, Any],
         reclaim_idle_ms: int,
     ) -> None:
-        self.pool = pool
         self.producer = producer
-        self.keys = keys
+        self.queue = queue
         self.consumer = consumer
         self.hooks = hooks  # by job type
         self.ctx = ctx
@@ -75,22 +69,17 @@ class FailureHooks:
 
     async def run_pending(self) -> None:
         # New entries first, then ones a dead consumer left unacknowledged.
-        reply = await self.pool.xreadgroup(
-            FAILURE_GROUP, self.consumer, {self.keys.dead: ">"}, count=16, block=1000
+        rows = await self.producer.dead_letters(
+            self.queue, self.consumer, 16, 1000, self.reclaim_idle_ms
         )
-        rows = [row for _, stream_rows in reply or () for row in stream_rows]
-        if not rows:
-            _, rows, _ = await self.pool.xautoclaim(
-                self.keys.dead, FAILURE_GROUP, self.consumer, self.reclaim_idle_ms, count=16
-            )
         for entry_id, fields in rows:
-            if fields:  # None: trimmed while pending
+            if fields:  # empty: trimmed while pending
                 await self._run(fields)
-            await self.pool.xack(self.keys.dead, FAILURE_GROUP, entry_id)
+            await self.producer.ack_dead_letter(self.queue, entry_id)
 
     async def _run(self, fields: dict[str, str]) -> None:
         hook = self.hooks.get(fields.get("type", ""))
-        job = await self.producer.get(self.keys.queue, fields["job_id"])
+        job = await self.producer.get(self.queue, fields["job_id"])
         if hook is None or job is None:
             return
         try:

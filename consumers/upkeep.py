@@ -1,7 +1,7 @@
 """The queue's upkeep that every consumer shares in, beside its own jobs: reclaiming the
 entries of consumers that died, promoting delayed jobs that came due, running the
 `on_failure` hooks of failed jobs (consumers/hooks.py), its heartbeat, and removing consumers
-gone for long (consumers/roster.py). Any consumer may do each; the scripts make it safe for
+gone for long. Any consumer may do each; the scripts make it safe for
 many to do it at once.
 """
 
@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 
 from arq.worker import Function
 
-from consumers import metrics, roster
-from consumers.hooks import FAILURE_GROUP, FailureHooks, failure_hook
+from consumers import metrics
+from consumers.hooks import FailureHooks, failure_hook
 from consumers.periodic import every
+from schemas.keys import FAILURE_GROUP
 
 if TYPE_CHECKING:
     from consumers.lanes import Lanes
@@ -87,7 +88,7 @@ class Upkeep:
         w = self.worker
 
         async def beat() -> None:
-            await roster.mark_seen(w.pool, w.keys, w.consumer)
+            await w.producer.mark_seen(w.queue, w.consumer)
             await w.record_health()
 
         await every(w.stopping, HEARTBEAT_S, beat)
@@ -104,9 +105,8 @@ class Upkeep:
             return
         await w.producer.ensure_group(w.queue, FAILURE_GROUP)
         runner = FailureHooks(
-            w.pool,
             w.producer,
-            w.keys,
+            w.queue,
             w.consumer,
             hooks,
             w.ctx,
@@ -119,6 +119,7 @@ class Upkeep:
         idle_s = w.settings.consumer_idle_cleanup_s
 
         async def forget() -> None:
-            await roster.forget_gone_consumers(w.pool, w.keys, w.consumer, idle_s)
+            for gone in await w.producer.forget_gone_consumers(w.queue, w.consumer, idle_s):
+                logger.info("removed consumer %s (gone)", gone)
 
         await every(w.stopping, min(60.0, idle_s), forget)

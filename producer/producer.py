@@ -20,7 +20,7 @@ from redis.exceptions import ResponseError
 from producer.reads import Reads
 from producer.scripts import Call, Scripts
 from schemas.errors import IdempotencyConflict, JobNotFound, TransitionRefused
-from schemas.keys import CONSUMER_GROUP, QueueKeys
+from schemas.keys import CONSUMER_GROUP, FAILURE_GROUP, QueueKeys
 from schemas.models import Artifact, SubmitRequest
 from schemas.settings import Settings
 from schemas.status import JobStatus
@@ -124,6 +124,7 @@ class Producer(Reads):
         dead-letter stream) if missing, with the stream. It starts from the beginning so
         entries added before the first consumer existed are not skipped."""
         stream = self.keys(queue).jobs if group == CONSUMER_GROUP else self.keys(queue).dead
+        assert group in (CONSUMER_GROUP, FAILURE_GROUP), group
         try:
             await self.redis.xgroup_create(stream, group, id="0", mkstream=True)
         except ResponseError as exc:
@@ -460,3 +461,41 @@ class Producer(Reads):
             else:
                 skipped += 1
         return ReclaimReport(deliveries, dead, skipped)
+
+    # --- consumer upkeep: the roster and the on_failure group ----------------------------
+
+    async def ack_dead_letter(self, queue: str, entry_id: str) -> None:
+        await self.redis.xack(self.keys(queue).dead, FAILURE_GROUP, entry_id)
+
+    async def mark_seen(self, queue: str, consumer: str) -> None:
+        """The consumer's heartbeat, for `conveyor inspect` and the roster's cleanup."""
+        now_ms = str(int(time.time() * 1000))
+        await self.redis.hset(self.keys(queue).consumer_seen(), consumer, now_ms)  # type: ignore[misc]
+
+    async def forget_gone_consumers(self, queue: str, me: str, idle_cleanup_s: float) -> list[str]:
+        """Remove the queue's consumers (of both groups) not seen for `idle_cleanup_s` that
+        hold nothing; returns "group/name" of each removed. Redis never forgets a consumer by
+        itself, so without this `XINFO CONSUMERS` lists every process that ever ran. A live
+        one cannot be removed by mistake (its heartbeat marks it seen), and would be made
+        again by its next XREADGROUP."""
+        k = self.keys(queue)
+        seen = await self.redis.hgetall(k.consumer_seen())  # type: ignore[misc]
+        cutoff_ms = (time.time() - idle_cleanup_s) * 1000
+        removed = []
+        for stream, group in ((k.jobs, CONSUMER_GROUP), (k.dead, FAILURE_GROUP)):
+            try:
+                consumers = await self.redis.xinfo_consumers(stream, group)
+            except ResponseError:  # no such group (yet)
+                continue
+            for consumer in consumers:
+                name = consumer["name"]
+                if name == me or consumer["pending"] or int(seen.get(name, 0)) >= cutoff_ms:
+                    continue
+                # Not a MULTI: redis-py refuses transactions on a cluster. In this order, a
+                # pass cut in between leaves a consumer never seen, which the next removes.
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.hdel(k.consumer_seen(), name)
+                    pipe.xgroup_delconsumer(stream, group, name)
+                    await pipe.execute()
+                removed.append(f"{group}/{name}")
+        return removed

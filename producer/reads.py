@@ -17,7 +17,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
-from schemas.keys import CONSUMER_GROUP, QueueKeys
+from schemas.keys import CONSUMER_GROUP, FAILURE_GROUP, QueueKeys
 from schemas.models import Event, Job, JobIdentity
 from schemas.settings import Settings
 from schemas.status import JobStatus
@@ -281,6 +281,35 @@ class Reads:
             _, stream = min(heads)
             entry_id, fields = buffers[stream].pop(0)
             yield Event.from_entry(entry_id, fields)
+
+    # --- what a consumer reads ----------------------------------------------------------
+
+    async def fetch(
+        self, queue: str, consumer: str, count: int, block_ms: int
+    ) -> list[tuple[str, str]]:
+        """(entry id, job id) of up to `count` entries never delivered to any consumer,
+        waiting up to `block_ms` for the first (XREADGROUP … BLOCK … >)."""
+        reply = await self.redis.xreadgroup(
+            CONSUMER_GROUP, consumer, {self.keys(queue).jobs: ">"}, count=count, block=block_ms
+        )
+        return [(entry, fields["job_id"]) for _, rows in reply or () for entry, fields in rows]
+
+    async def dead_letters(
+        self, queue: str, consumer: str, count: int, block_ms: int, reclaim_idle_ms: int
+    ) -> EventRows:
+        """Dead-letter entries for this consumer's `on_failure` hooks, in their own group:
+        new ones first, else ones a consumer that died mid-hook left unacknowledged. An
+        entry trimmed while pending comes with empty fields."""
+        dead = self.keys(queue).dead
+        reply = await self.redis.xreadgroup(
+            FAILURE_GROUP, consumer, {dead: ">"}, count=count, block=block_ms
+        )
+        rows = [row for _, stream_rows in reply or () for row in stream_rows]
+        if not rows:
+            _, rows, _ = await self.redis.xautoclaim(
+                dead, FAILURE_GROUP, consumer, reclaim_idle_ms, count=count
+            )
+        return [(entry_id, fields or {}) for entry_id, fields in rows]
 
     # --- the queue at a glance ------------------------------------------------------------
 

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 
 CONSUMER_GROUP = "workers"
+# The group in which consumers read the dead-letter stream to run `on_failure` hooks.
+FAILURE_GROUP = "on_failure"
 DEFAULT_PREFIX = "conveyor"
 JOB_EVENTS_SUFFIX = ":events"  # a job's own events stream: its hash's key and this
 # Tenants are spelled inside keys (`idem:{tenant}:{key}`, `tenant:{tenant}:jobs`) beside parts
@@ -68,6 +70,10 @@ class QueueKeys:
     def tenant_jobs(self, tenant: str) -> str:
         """Sorted set: the tenant's job ids in this queue, scored by creation time in ms."""
         return f"{self.base}:tenant:{tenant}:jobs"
+
+    def health(self, consumer: str) -> str:
+        """String, expiring: arq's health-check record of one consumer."""
+        return f"{self.base}:health:{consumer}"
 
     def consumer_seen(self) -> str:
         """Hash: consumer name -> last time (ms) it fetched; for `inspect` and cleanup."""

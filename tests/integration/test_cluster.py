@@ -28,7 +28,7 @@ from producer import Producer
 from producer.connection import ConveyorCluster, redis_from_url
 from schemas import CONSUMER_GROUP, JobStatus, QueueKeys, Settings, SubmitRequest
 from tests.fixtures.cluster import HOST, LocalCluster, local_cluster
-from tests.integration.conftest import running, until, wait_for_terminal
+from tests.integration.helpers import running, until, wait_for_terminal
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from conveyor.embedded_redis import EmbeddedRedis
 from conveyor.process import ManagedProcess, free_port
 from tests.fixtures.processes import REPO, conveyor_env, start_gateway, start_worker
-from tests.integration.conftest import wait_for_terminal
+from tests.integration.helpers import wait_for_terminal
 
 AUTH = {"Authorization": "Bearer key-1"}
 

@@ -17,7 +17,7 @@ from gateway.sse.subscriber import Subscriber
 from producer import Delivery, Producer
 from schemas.models import Event, SubmitRequest
 from schemas.settings import Settings
-from tests.integration.conftest import Driver
+from tests.integration.helpers import Driver
 
 pytestmark = pytest.mark.integration
 

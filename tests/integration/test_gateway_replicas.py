@@ -19,7 +19,7 @@ from conveyor.embedded_redis import EmbeddedRedis
 from conveyor.process import ManagedProcess, free_port
 from producer import Producer
 from tests.fixtures.processes import conveyor_env, start_gateway
-from tests.integration.conftest import Driver
+from tests.integration.helpers import Driver
 from tests.integration.test_sse_server import DEADLINE_S, Reader, assert_increasing, read
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ from producer.producer import SCRIPT_BATCH
 from producer.scripts import library_source
 from schemas import CONSUMER_GROUP, TRANSITIONS, Event, JobStatus, Settings, SubmitRequest
 from schemas.errors import JobNotFound, TransitionRefused
-from tests.integration.conftest import Driver, wait_for_terminal
+from tests.integration.helpers import Driver, wait_for_terminal
 
 S = JobStatus
 

@@ -15,7 +15,7 @@ from conveyor.process import ManagedProcess, free_port, wait_until
 from producer import Producer
 from producer.connection import redis_from_url
 from schemas import Settings, SubmitRequest
-from tests.integration.conftest import wait_for_terminal
+from tests.integration.helpers import wait_for_terminal
 
 pytestmark = pytest.mark.integration
 

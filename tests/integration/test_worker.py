@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from consumers.worker import ConveyorWorker, backoff_ms, connect
 from producer import Producer
 from schemas import JobStatus, Settings
-from tests.integration.conftest import (
+from tests.integration.helpers import (
     Driver,
     running,
     until,

@@ -4,49 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import redis.asyncio as aioredis
 
-from conveyor.embedded_redis import EmbeddedRedis
 from conveyor.process import ManagedProcess
 from producer import Producer
 from schemas import JobStatus
-from tests.fixtures.processes import REPO, conveyor_env, start_worker
-from tests.integration.conftest import Driver, until, wait_for_event, wait_for_terminal
-
-FAST = {
-    "CONVEYOR_VISIBILITY_TIMEOUT_S": "1",
-    "CONVEYOR_RECLAIM_INTERVAL_S": "0.1",
-    "CONVEYOR_BACKOFF_BASE_S": "0.05",
-    "CONVEYOR_SHUTDOWN_GRACE_S": "2",
-}
-
-
-@pytest.fixture
-def spawn_worker(
-    redis_server: EmbeddedRedis, queue_name: str, tmp_path: Path
-) -> Iterator[Callable[..., ManagedProcess]]:
-    started: list[ManagedProcess] = []
-
-    def spawn(name: str, **env: str) -> ManagedProcess:
-        environ = conveyor_env(
-            **FAST,
-            CONVEYOR_REDIS_URL=redis_server.url,
-            CONVEYOR_QUEUES=queue_name,
-            CONVEYOR_HANDLERS="tests.handlers",
-        )
-        environ |= env  # may replace one of FAST
-        process = start_worker(environ, queue=queue_name, log_dir=tmp_path, name=name, cwd=REPO)
-        started.append(process)
-        return process
-
-    yield spawn
-    for process in started:
-        process.signal(signal.SIGCONT)
-        process.stop(grace_s=5)
+from tests.integration.helpers import Driver, until, wait_for_event, wait_for_terminal
 
 
 async def test_killed_consumer_jobs_are_reclaimed_and_end_once(

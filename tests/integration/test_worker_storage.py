@@ -21,7 +21,7 @@ from schemas import JobStatus, Settings
 from tests.fixtures.origin import Origin, body_of
 from tests.fixtures.processes import conveyor_env, start_worker
 from tests.fixtures.s3 import storage_for
-from tests.integration.conftest import Driver, running, wait_for_event, wait_for_terminal
+from tests.integration.helpers import Driver, running, wait_for_event, wait_for_terminal
 
 MIB = 1024 * 1024
 
