@@ -1,21 +1,27 @@
 """What a handler receives as `ctx`: the job it runs and the tools to report on it.
 
-Handlers are `async def handler(ctx, **payload)`. `ctx` also behaves like arq's ctx dict,
-so values put there by `on_startup` hooks are reachable as `ctx["name"]`.
+Handlers are `async def handler(ctx, **payload)`, or plain `def handler(ctx, **payload)` for
+blocking work, which runs in a thread and gets a `ThreadContext` (the same, with a `progress`
+it calls without `await`). `ctx` also behaves like arq's ctx dict, so values put there by
+`on_startup` hooks are reachable as `ctx["name"]`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from consumers import children
 
 if TYPE_CHECKING:
     from consumers.storage import JobStorage
     from schemas.models import Artifact
 
 ProgressSink = Callable[[float | None, str | None, str | None], Awaitable[None]]
+T = TypeVar("T")
 
 
 class JobContext:
@@ -77,6 +83,43 @@ class JobContext:
         self._last_report = now
         await self._report_progress(percent, stage, message)
 
+    async def run_process(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        memory_mb: int | None = None,
+        cpu_s: float | None = None,
+    ) -> T:
+        """`fn(*args)` in a child process, with the kernel's memory and CPU limits; its result
+        (both picklable). A cancel or the job's timeout kills the child's process group; a
+        limit breach is `ResourceExceeded` (not retried). See consumers/children.py."""
+        return await children.run_process(fn, *args, memory_mb=memory_mb, cpu_s=cpu_s)
+
+    async def run_command(
+        self,
+        argv: Sequence[str],
+        on_line: Callable[[str], Any] | None = None,
+        *,
+        memory_mb: int | None = None,
+        cpu_s: float | None = None,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        on_start: Callable[[int], Any] | None = None,
+    ) -> children.CommandResult:
+        """Run a program (ffmpeg-style) in its own process group, handing each line of its
+        output to `on_line` (for progress). Killed with its group on a cancel or the job's
+        timeout; a nonzero exit is `CommandFailed` (retried), a limit breach
+        `ResourceExceeded`. `on_start` is called with the child's pid once it runs."""
+        return await children.run_command(
+            argv,
+            on_line=on_line,
+            memory_mb=memory_mb,
+            cpu_s=cpu_s,
+            cwd=cwd,
+            env=env,
+            on_start=on_start,
+        )
+
     def _close_stage(self, now: float) -> None:
         name = self._last_stage or "running"
         self._stage_seconds[name] = self._stage_seconds.get(name, 0.0) + now - self._stage_since
@@ -98,3 +141,33 @@ class JobContext:
 
     def __repr__(self) -> str:
         return f"<JobContext {self.queue}/{self.job_id} {self.job_type} attempt={self.attempt}>"
+
+
+class ThreadContext:
+    """The `ctx` of a plain `def` handler, which runs in a thread: the job's `JobContext`,
+    with `progress` called without `await` (it waits until the report is written, so reports
+    stay in order). `cancel_requested` turns true when the job is cancelled or times out:
+    a thread cannot be stopped from outside, so a long handler should look at it."""
+
+    def __init__(self, ctx: JobContext, loop: asyncio.AbstractEventLoop) -> None:
+        self._ctx = ctx
+        self._loop = loop
+
+    def progress(
+        self, percent: float | None = None, stage: str | None = None, message: str | None = None
+    ) -> None:
+        report = self._ctx.progress(percent, stage, message)
+        asyncio.run_coroutine_threadsafe(report, self._loop).result()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._ctx.cancel_requested
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ctx, name)
+
+    def __getitem__(self, name: str) -> Any:
+        return self._ctx[name]
+
+    def __repr__(self) -> str:
+        return f"<ThreadContext of {self._ctx!r}>"

@@ -5,6 +5,12 @@ Any other exception from a handler is retryable: the job is retried with backoff
 attempts are left. arq's `Retry(defer=...)` works too and chooses the delay.
 """
 
-from schemas.errors import ConveyorError, HandlerError, PermanentError, RetryableError
+from schemas.errors import (
+    ConveyorError,
+    HandlerError,
+    PermanentError,
+    ResourceExceeded,
+    RetryableError,
+)
 
-__all__ = ["ConveyorError", "HandlerError", "PermanentError", "RetryableError"]
+__all__ = ["ConveyorError", "HandlerError", "PermanentError", "ResourceExceeded", "RetryableError"]

@@ -6,17 +6,21 @@ slot, why it was stopped). How the attempt ended is handed to consumers/outcomes
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from arq.worker import Function
 
 from consumers import metrics
-from consumers.context import JobContext
+from consumers.context import JobContext, ThreadContext
 from producer import Delivery, Lease
 from schemas.errors import PermanentError
 from schemas.models import Artifact
+from schemas.stream_id import entry_time_s
 from schemas.strict_json import NotStrictJson, check_json
 
 if TYPE_CHECKING:
@@ -32,11 +36,6 @@ def logger_for(d: Delivery) -> JobLog:
     return JobLog(
         logger, {"job_id": d.job_id, "type": d.type, "attempt": d.attempt, "queue": d.queue}
     )
-
-
-def entry_time_s(entry_id: str) -> float:
-    """A stream entry id starts with the ms time Redis added it: the job's enqueue time."""
-    return int(entry_id.partition("-")[0]) / 1000
 
 
 def clear_own_cancel() -> None:
@@ -97,6 +96,13 @@ class Runner:
         self.progress_interval_s = worker.settings.progress_interval_s
         self.outcomes = outcomes
         self.storage: Storage | None = None  # the worker's S3 client, once it started
+        # Plain `def` handlers (blocking or CPU-bound work) run here, off the event loop.
+        self.threads = ThreadPoolExecutor(
+            worker.settings.handler_threads, thread_name_prefix="conveyor-handler"
+        )
+
+    def close(self) -> None:
+        self.threads.shutdown(wait=False, cancel_futures=True)
 
     async def run(self, running: Running) -> None:
         """Run one delivery and hand how it ended to `Outcomes`. The handler runs in this
@@ -124,8 +130,7 @@ class Runner:
             # See consumers/supervision.py: one sweep stops every handler past its deadline.
             running.deadline = time.monotonic() + timeout_s
             try:
-                # arq types ctx as a dict; ours is a JobContext that also answers ctx["name"].
-                result = await function.coroutine(ctx, **d.payload)  # type: ignore[arg-type]
+                result = await self.call(function, ctx, d.payload)
             finally:
                 running.deadline = None  # the timeout covers the handler, not our writes
         except asyncio.CancelledError:
@@ -146,6 +151,22 @@ class Runner:
             await self.outcomes.failed(running, error, None, ctx)
             return
         self.outcomes.succeeded(running, result, ctx)
+
+    async def call(self, function: Function, ctx: JobContext, payload: dict[str, Any]) -> Any:
+        handler: Any = function.coroutine
+        if inspect.iscoroutinefunction(handler):
+            # arq types ctx as a dict; ours is a JobContext that also answers ctx["name"].
+            return await handler(ctx, **payload)
+        # A `def` handler blocks: a thread of the pool runs it, the loop stays free for leases,
+        # cancels, progress and other jobs. A thread cannot be cancelled: on a cancel or a
+        # timeout the job ends at once and `ctx.cancel_requested` tells the handler to stop.
+        loop = asyncio.get_running_loop()
+        in_thread = ThreadContext(ctx, loop)
+        try:
+            return await loop.run_in_executor(self.threads, partial(handler, in_thread, **payload))
+        except asyncio.CancelledError:
+            ctx.cancel_requested = True
+            raise
 
     def context(self, running: Running, log: JobLog) -> JobContext:
         d = running.delivery

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError, ResponseError
 
 from consumers.execution import Running
+from consumers.keeper import JOB_TASK_PREFIX
 from consumers.outcomes import REDIS_RETRY_S, describe, persist
 from consumers.periodic import pause
 from producer import Delivery
-from schemas.keys import CONSUMER_GROUP
 
 if TYPE_CHECKING:
     from consumers.execution import Runner
@@ -72,8 +72,6 @@ class Lanes:
     def __init__(self, worker: ConveyorWorker, runner: Runner, outcomes: Outcomes) -> None:
         self.worker = worker  # its `allow_pick_jobs` (arq's signal handlers clear it), `burst`
         self.producer = worker.producer
-        self.pool = worker.pool
-        self.keys = worker.keys
         self.queue = worker.queue
         self.consumer = worker.consumer
         self.settings = worker.settings
@@ -181,7 +179,7 @@ class Lanes:
         running = Running(delivery, lane)
         self.running[delivery.job_id] = running
         lane.busy += 1
-        task = asyncio.create_task(self.run_job(running), name=f"conveyor-job-{delivery.job_id}")
+        task = asyncio.create_task(self.run_job(running), name=JOB_TASK_PREFIX + delivery.job_id)
         running.task = task
         self.tasks[delivery.job_id] = task
 
@@ -212,16 +210,7 @@ class Lanes:
 
     async def fetch(self, count: int) -> list[tuple[str, str]]:
         """(entry id, job id) of up to `count` entries never delivered to any consumer."""
-        reply = await self.pool.xreadgroup(
-            CONSUMER_GROUP,
-            self.consumer,
-            {self.keys.jobs: ">"},
-            count=count,
-            block=self.settings.block_ms,
-        )
-        return [
-            (entry_id, fields["job_id"]) for _, rows in reply or () for entry_id, fields in rows
-        ]
+        return await self.producer.fetch(self.queue, self.consumer, count, self.settings.block_ms)
 
     async def drained(self) -> bool:
         """Burst mode's exit: nothing running here, nothing in the stream (undelivered or

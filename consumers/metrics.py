@@ -37,6 +37,15 @@ PICKUP = Histogram(
     ["queue"],
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
 )
+LOOP_LAG = Histogram(
+    "conveyor_worker_loop_lag_seconds",
+    "How late the event loop ran a beat due every 0.1 s: time a handler blocked it",
+    buckets=(0.001, 0.005, 0.025, 0.1, 0.5, 1, 5, 30, 120),
+)
+LOOP_STALLS = Counter(
+    "conveyor_worker_loop_stalls_total",
+    "Times the event loop was blocked longer than CONVEYOR_LOOP_STALL_WARN_S",
+)
 UPLOAD_BYTES = Counter(
     "conveyor_worker_upload_bytes_total", "Bytes of artifacts uploaded to S3", ["queue", "type"]
 )

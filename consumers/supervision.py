@@ -1,7 +1,8 @@
-"""Watching the jobs this consumer runs, from beside them: their leases are renewed, and a
-handler is stopped when its job's cancel is requested, its lease was lost, or it runs past
-its timeout. Each is one loop over all running jobs rather than a timer or a call per job:
-per-job work is what a busy consumer pays for most (see each loop's note).
+"""Watching the jobs this consumer runs, from beside them: a handler is stopped when its job's
+cancel is requested or it runs past its timeout. (Leases are renewed from the worker's own
+thread, consumers/keeper.py, so that a blocked loop does not lose them.) Each is one loop over
+all running jobs rather than a timer or a call per job: per-job work is what a busy consumer
+pays for most (see each loop's note).
 """
 
 from __future__ import annotations
@@ -19,33 +20,13 @@ CANCEL_POLL_S = 0.5  # a cancel reaches a running handler within 1.5 polls (plus
 
 
 class Supervision:
-    """The loops that stop a running job's handler (`Running.stop`) and keep its lease."""
+    """The loops that stop a running job's handler (`Running.stop`)."""
 
     def __init__(self, worker: ConveyorWorker) -> None:
         self.running = worker.running
         self.producer = worker.producer
         self.queue = worker.queue
-        self.consumer = worker.consumer
-        self.renew_interval_s = worker.settings.lease_renew_interval_s
         self.stopping = worker.stopping
-
-    async def renew_leases(self) -> None:
-        """Every `lease_renew_interval_s` (a third of the visibility timeout): renew the claim
-        on each running job's entry, fenced, so a job another consumer reclaimed meanwhile is
-        not taken back but stopped here. The same reply carries each job's cancel flag."""
-
-        async def renew() -> None:
-            running = list(self.running.values())
-            states = await self.producer.renew(
-                self.queue, self.consumer, [r.lease for r in running]
-            )
-            for r, state in zip(running, states, strict=True):
-                if not state.held:
-                    r.stop("lease_lost")
-                elif state.cancel_requested:
-                    r.stop("cancelled")
-
-        await every(self.stopping, self.renew_interval_s, renew)
 
     async def watch_cancels(self) -> None:
         """Poll the cancel flag of the jobs that have run for half a poll or more: a cancel

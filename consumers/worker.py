@@ -9,10 +9,14 @@ from one module per concern:
     consumers/execution.py    one delivery: `Running`, the handler call in its task, its ctx
     consumers/outcomes.py     how an attempt ends: succeeded, retrying, failed, cancelled,
                               lease lost; every ending leaves through `Outcomes`
-    consumers/supervision.py  beside the running jobs: lease renewal, cancel watch, timeouts
+    consumers/supervision.py  beside the running jobs: cancel watch, timeouts
+    consumers/keeper.py       the worker's own thread: lease renewal and the loop-stall watch,
+                              so a handler that blocks the loop neither loses its lease nor
+                              goes unnoticed
+    consumers/children.py     `ctx.run_process` / `ctx.run_command`: child processes with
+                              kernel limits, killed with their process group
     consumers/upkeep.py       beside the queue: reclaim, promotion, heartbeat, `on_failure`
                               hooks (consumers/hooks.py), removal of gone consumers
-                              (consumers/roster.py)
     consumers/periodic.py     how the loops beside the consumer loop run and stop
 
 The seam with arq (0.28, pinned to its minor version in pyproject.toml), kept small:
@@ -67,14 +71,15 @@ from arq.connections import ArqRedis
 from arq.worker import Worker
 
 from consumers import metrics, registry
+from consumers.children import kill_all_children
 from consumers.execution import (
     JobLog,
     Runner,
     Running,
     clear_own_cancel,
-    entry_time_s,
     logger_for,
 )
+from consumers.keeper import Keeper
 from consumers.lanes import LANES, Lane, Lanes
 from consumers.outcomes import (
     MAX_ERROR_CHARS,
@@ -88,8 +93,8 @@ from consumers.upkeep import HEARTBEAT_S, Upkeep
 from producer import Producer
 from producer.checks import note_stream_node_size, warn_if_evicting
 from producer.connection import redis_from_url
-from schemas.keys import QueueKeys
 from schemas.settings import Settings
+from schemas.stream_id import entry_time_s
 
 # The worker module held all of these before it was split; they are still importable from it.
 __all__ = [
@@ -147,7 +152,6 @@ class ConveyorWorker(Worker):
         }
         self.settings = settings
         self.queue = queue
-        self.keys = QueueKeys(queue, settings.key_prefix)
         self.consumer = name or consumer_name()
         self.producer = Producer(redis, settings)
         super().__init__(
@@ -161,7 +165,7 @@ class ConveyorWorker(Worker):
             job_timeout=settings.job_timeout_s,
             max_tries=settings.max_attempts,
             health_check_interval=max(1, int(settings.visibility_timeout_s)),
-            health_check_key=f"{self.keys.base}:health:{self.consumer}",
+            health_check_key=self.producer.keys(queue).health(self.consumer),
             ctx={"settings": settings, "queue": queue},
             **hooks,
         )
@@ -176,6 +180,7 @@ class ConveyorWorker(Worker):
         self.runner = Runner(self, outcomes)
         self.lanes = Lanes(self, self.runner, outcomes)
         self.supervision = Supervision(self)
+        self.keeper = Keeper(self)
         self.upkeep = Upkeep(self, self.lanes)
         self._health_recorded_at = 0.0  # `record_health`'s throttle (arq's is private)
         self._closed = False
@@ -184,11 +189,11 @@ class ConveyorWorker(Worker):
         """The consumer loop (`Lanes.run`, until a signal or, in burst mode, until the queue
         is empty), with the loops that watch its jobs and keep the queue beside it."""
         await self._startup()
+        self.keeper.start()
         self.lanes.start()
         beside = [
             asyncio.create_task(loop())
             for loop in (
-                self.supervision.renew_leases,
                 self.upkeep.reclaim,
                 self.upkeep.promote,
                 self.supervision.watch_cancels,
@@ -211,6 +216,7 @@ class ConveyorWorker(Worker):
             await asyncio.wait(beside, timeout=HELPER_STOP_S)
             if self.tasks:
                 await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+            self.keeper.stop()
             await self.lanes.close()
 
     async def _startup(self) -> None:
@@ -251,7 +257,8 @@ class ConveyorWorker(Worker):
         info = (
             f"{time.strftime('%b-%d %H:%M:%S')} j_complete={self.jobs_complete} "
             f"j_failed={self.jobs_failed} j_retried={self.jobs_retried} "
-            f"j_ongoing={len(self.running)} reclaimed={self.reclaimed}"
+            f"j_ongoing={len(self.running)} reclaimed={self.reclaimed} "
+            f"loop_stalls={self.keeper.stalls} longest_stall_s={self.keeper.longest_stall_s:.1f}"
         )
         await self.pool.psetex(
             self.health_check_key, int((self.health_check_interval + 1) * 1000), info
@@ -263,6 +270,8 @@ class ConveyorWorker(Worker):
         if self._closed:
             return
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        kill_all_children()  # what a handler started and did not see end: no orphans
+        self.runner.close()
         await self.pool.delete(self.health_check_key)
         if self.on_shutdown:
             await self.on_shutdown(self.ctx)

@@ -7,6 +7,7 @@ ConveyorError
 ├── IdempotencyConflict  the Idempotency-Key names a job the caller does not own (HTTP 409)
 └── HandlerError         raised by handlers to steer what happens next
     ├── PermanentError   fail now: retrying cannot help (bad input, 4xx upstream)
+    │   └── ResourceExceeded  a child process went over its memory or CPU limit
     └── RetryableError   fail this attempt: retry with backoff if attempts are left
 """
 
@@ -49,6 +50,11 @@ class HandlerError(ConveyorError):
 
 class PermanentError(HandlerError):
     """Fail the job now, without retrying."""
+
+
+class ResourceExceeded(PermanentError):
+    """A handler's child process (`ctx.run_process`, `ctx.run_command`) went over the memory
+    or CPU limit it was given: running it again would go over it again."""
 
 
 class RetryableError(HandlerError):

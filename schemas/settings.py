@@ -96,6 +96,13 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = 25.0
     block_ms: int = 1000
     progress_interval_s: float = 0.25
+    # Heavy handlers. Plain `def` handlers run on a pool of this many threads per worker.
+    handler_threads: int = Field(default=8, ge=1, le=256)
+    # A lease is renewed from a thread of the worker's own, so a blocked event loop keeps
+    # it; but not past the job's timeout plus this grace, so a hung handler is reclaimed.
+    lease_grace_s: float = 10.0
+    # An event loop blocked this long is logged with the job and the blocking stack.
+    loop_stall_warn_s: float = 1.0
     consumer_idle_cleanup_s: float = 3600.0
 
     # Retention.

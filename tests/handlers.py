@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -14,6 +15,7 @@ from consumers.context import JobContext
 from consumers.errors import PermanentError
 from consumers.handlers.builtin import noop, sleep
 from consumers.hooks import on_failure
+from consumers.registry import declare
 from schemas.models import Job
 
 
@@ -82,6 +84,78 @@ async def charge(ctx: JobContext, refunds: str, crash: bool = False) -> None:
     raise PermanentError("card declined")
 
 
+# --- heavy handlers: blocking, CPU-bound, in child processes ------------------------------
+
+
+async def block_loop(ctx: JobContext, seconds: float, path: str, on_attempt: int = 0) -> Any:
+    """Blocks the event loop (`time.sleep` standing in for a sync client or ffmpeg through
+    subprocess.run) on `on_attempt` (0: every attempt); records each run to count them."""
+    with open(path, "a") as f:
+        f.write(f"{ctx.job_id} {ctx.attempt} {os.getpid()}\n")
+    if not on_attempt or ctx.attempt == on_attempt:
+        time.sleep(seconds)  # noqa: ASYNC251 - the point of this handler
+    return {"attempt": ctx.attempt}
+
+
+def blocking_def(ctx: Any, seconds: float, steps: int = 4) -> dict[str, Any]:
+    """A plain `def`: runs in a thread, reports progress without `await`."""
+    for i in range(steps):
+        time.sleep(seconds / steps)
+        ctx.progress(100 * (i + 1) / steps, stage="blocking")
+    return {"slept": seconds, "thread": ctx.job_id}
+
+
+def allocate(mb: int) -> int:
+    return len(bytearray(mb * 2**20))
+
+
+def burn_cpu() -> None:
+    while True:
+        pass
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+async def hog_memory(ctx: JobContext, mb: int, limit_mb: int) -> int:
+    return await ctx.run_process(allocate, mb, memory_mb=limit_mb)
+
+
+async def hog_cpu(ctx: JobContext, cpu_s: float) -> None:
+    await ctx.run_process(burn_cpu, cpu_s=cpu_s)
+
+
+async def long_command(
+    ctx: JobContext, marker: str, seconds: float = 60, later_s: float | None = None
+) -> None:
+    """`sleep 60` as a child (`later_s` on later attempts); the first attempt's child pid goes
+    to `marker` once it runs."""
+    if ctx.attempt > 1 and later_s is not None:
+        seconds = later_s
+    await ctx.run_command(
+        ["sleep", str(seconds)],
+        on_start=lambda pid: ctx.attempt == 1 and Path(marker).write_text(str(pid)),
+    )
+
+
+async def mixed(ctx: JobContext, kind: str, path: str) -> Any:
+    """One of three kinds of work for the chaos test; each run is recorded."""
+    with open(path, "a") as f:
+        f.write(f"{ctx.job_id} {ctx.attempt} {os.getpid()}\n")
+    if kind == "process":
+        return await ctx.run_process(square, 7)
+    await asyncio.sleep(0.05)
+    return kind
+
+
+def mixed_def(ctx: Any, path: str) -> str:
+    with open(path, "a") as f:
+        f.write(f"{ctx.job_id} {ctx.attempt} {os.getpid()}\n")
+    time.sleep(0.05)
+    return "def"
+
+
 class WorkerSettings:
     functions: ClassVar[list[Any]] = [
         func(noop, name="noop"),  # type: ignore[arg-type]
@@ -94,5 +168,13 @@ class WorkerSettings:
         func(sleep, name="short_timeout", timeout=0.3, max_tries=2),  # type: ignore[arg-type]
         func(charge, name="charge"),  # type: ignore[arg-type]
         func(unstorable, name="unstorable"),  # type: ignore[arg-type]
+        func(block_loop, name="block_loop"),  # type: ignore[arg-type]
+        func(block_loop, name="block_loop_2s", timeout=2),  # type: ignore[arg-type]
+        blocking_def,  # a plain def, listed as it is
+        declare(mixed_def, name="mixed_def", timeout=30),
+        func(hog_memory, name="hog_memory"),  # type: ignore[arg-type]
+        func(hog_cpu, name="hog_cpu"),  # type: ignore[arg-type]
+        func(long_command, name="long_command"),  # type: ignore[arg-type]
+        func(mixed, name="mixed"),  # type: ignore[arg-type]
         func(upstream_timeout, name="upstream_timeout", max_tries=1),  # type: ignore[arg-type]
     ]

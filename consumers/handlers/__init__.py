@@ -4,7 +4,9 @@ A user's worker settings module looks the same (arq style) and is chosen with
 `conveyor worker --handlers mymodule:WorkerSettings` or `CONVEYOR_HANDLERS`:
 
     class WorkerSettings:
-        functions = [func(resize, name="resize", timeout=600, max_tries=3), noop]
+        functions = [func(resize, name="resize", timeout=600, max_tries=3), noop,
+                     transcribe,  # a plain `def`: runs in a thread
+                     declare(transcode, name="transcode", timeout=3600)]
         on_startup = open_http_client   # async def on_startup(ctx: dict) -> None
         on_shutdown = close_http_client
 """
@@ -17,6 +19,9 @@ from arq.worker import Function, func
 
 from consumers.handlers.builtin import noop, sleep
 from consumers.handlers.ingest import ingest_url
+from consumers.registry import declare
+
+__all__ = ["BUILTIN_FUNCTIONS", "WorkerSettings", "declare"]
 
 # arq types a handler's ctx as a dict; ours receive a JobContext (which also answers ctx[...]).
 BUILTIN_FUNCTIONS = [
