@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -42,6 +43,18 @@ def settings(settings_factory: Callable[..., Settings], queue_name: str) -> Sett
         queues=[queue_name, f"{queue_name}-b"],
         token_secret="test-secret",
     )
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The app as `conveyor gateway` builds it, its lifespan running, and a client of it."""
+    application = gateway_app(settings)
+    transport = httpx.ASGITransport(application, raise_app_exceptions=False)
+    async with (
+        LifespanManager(application),
+        httpx.AsyncClient(transport=transport, base_url="http://gw") as http,
+    ):
+        yield application, http
 
 
 @pytest.fixture
@@ -309,12 +322,7 @@ async def test_frozen_redis_is_503_within_the_deadline(
 ) -> None:
     server = fresh_redis()
     settings = settings_factory(redis_url=server.url, api_keys=KEYS)
-    application = gateway_app(settings)
-    transport = httpx.ASGITransport(application, raise_app_exceptions=False)
-    async with (
-        LifespanManager(application),
-        httpx.AsyncClient(transport=transport, base_url="http://gw") as http,
-    ):
+    async with serving(settings) as (_, http):
         job = await submit(http)
         os.kill(server.pid, signal.SIGSTOP)  # a hung Redis: connections open, no answers
         try:
@@ -340,12 +348,7 @@ async def test_unreachable_redis_is_503_and_not_ready(
     settings_factory: Callable[..., Settings],
 ) -> None:
     settings = settings_factory(redis_url=f"redis://127.0.0.1:{free_port()}/0", api_keys=KEYS)
-    application = gateway_app(settings)
-    transport = httpx.ASGITransport(application, raise_app_exceptions=False)
-    async with (
-        LifespanManager(application),
-        httpx.AsyncClient(transport=transport, base_url="http://gw") as http,
-    ):
+    async with serving(settings) as (_, http):
         started = time.monotonic()
         submitted = await http.post("/v1/jobs", json={"type": "noop"}, headers=A)
         ready = await http.get("/readyz")
@@ -518,13 +521,8 @@ async def test_a_full_redis_is_503_saying_so_and_not_ready(
 ) -> None:
     server = fresh_redis()
     settings = settings_factory(redis_url=server.url, api_keys=KEYS)
-    application = gateway_app(settings)
-    transport = httpx.ASGITransport(application, raise_app_exceptions=False)
     admin = aioredis.Redis.from_url(server.url, decode_responses=True)
-    async with (
-        LifespanManager(application),
-        httpx.AsyncClient(transport=transport, base_url="http://gw") as http,
-    ):
+    async with serving(settings) as (application, http):
         running = await submit(http)
         gw: Gateway = application.state.gateway
         await gw.producer.ensure_group(settings.queues[0])
@@ -564,12 +562,7 @@ async def test_a_submit_timeout_says_the_job_may_exist_and_how_to_find_it(
 ) -> None:
     server = fresh_redis()
     settings = settings_factory(redis_url=server.url, api_keys=KEYS, redis_timeout_s=0.5)
-    application = gateway_app(settings)
-    transport = httpx.ASGITransport(application, raise_app_exceptions=False)
-    async with (
-        LifespanManager(application),
-        httpx.AsyncClient(transport=transport, base_url="http://gw") as http,
-    ):
+    async with serving(settings) as (_, http):
         os.kill(server.pid, signal.SIGSTOP)
         try:
             answer = await http.post("/v1/jobs", json={"type": "noop"}, headers=A)
@@ -581,12 +574,8 @@ async def test_a_submit_timeout_says_the_job_may_exist_and_how_to_find_it(
 
 
 async def test_metrics_can_require_a_key(settings: Settings) -> None:
-    application = gateway_app(settings.model_copy(update={"metrics_key": "scrape-key"}))
-    transport = httpx.ASGITransport(application, raise_app_exceptions=False)
-    async with (
-        LifespanManager(application),
-        httpx.AsyncClient(transport=transport, base_url="http://gw") as http,
-    ):
+    with_key = settings.model_copy(update={"metrics_key": "scrape-key"})
+    async with serving(with_key) as (_, http):
         for headers in [{}, A, {"Authorization": "Bearer scrape-kez"}]:
             assert (await http.get("/metrics", headers=headers)).status_code == 401
         allowed = await http.get("/metrics", headers={"Authorization": "Bearer scrape-key"})
@@ -597,12 +586,7 @@ async def test_metrics_can_require_a_key(settings: Settings) -> None:
 async def test_a_gateway_without_keys_says_it_will_refuse_everything(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    application = gateway_app(settings.model_copy(update={"api_keys": {}}))
-    transport = httpx.ASGITransport(application, raise_app_exceptions=False)
     with caplog.at_level("WARNING", logger="conveyor.gateway"):
-        async with (
-            LifespanManager(application),
-            httpx.AsyncClient(transport=transport, base_url="http://gw") as http,
-        ):
+        async with serving(settings.model_copy(update={"api_keys": {}})) as (_, http):
             assert (await http.get("/v1/jobs", headers=A)).status_code == 401
     assert "every request to /v1 will be refused" in caplog.text
