@@ -175,6 +175,7 @@ class WorkerSettings:
         func(hog_memory, name="hog_memory"),  # type: ignore[arg-type]
         func(hog_cpu, name="hog_cpu"),  # type: ignore[arg-type]
         func(long_command, name="long_command"),  # type: ignore[arg-type]
+        declare(long_command, name="long_command_1s", timeout=1, max_tries=1),
         func(mixed, name="mixed"),  # type: ignore[arg-type]
         func(upstream_timeout, name="upstream_timeout", max_tries=1),  # type: ignore[arg-type]
     ]

@@ -8,11 +8,13 @@ import logging
 import os
 import select
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 
 from consumers import metrics
 from consumers.worker import ConveyorWorker, connect
@@ -152,6 +154,36 @@ async def test_cancel_kills_a_commands_process_within_the_bound(
     assert await driver.status(job_id) is JobStatus.CANCELLED
 
 
+async def test_a_timeout_kills_a_commands_process(
+    driver: Driver, spawn_worker: Callable[..., ManagedProcess], tmp_path: Path
+) -> None:
+    marker = tmp_path / "pid"
+    job_id = await driver.submit("long_command_1s", payload={"marker": str(marker)})
+    spawn_worker("only")
+    pid = await marker_pid(marker, driver, job_id)
+    assert await pid_exits(pid, 3.0), "the command outlived its job's timeout"
+    assert await wait_for_terminal(driver.redis, driver.queue, {job_id}, 10) == {
+        job_id: ["job.failed"]
+    }
+    job = await driver.producer.get(driver.queue, job_id)
+    assert job is not None and job.error == "TimeoutError: timed out after 1s"
+
+
+async def test_a_sigtermed_worker_leaves_no_command_running(
+    driver: Driver, spawn_worker: Callable[..., ManagedProcess], tmp_path: Path
+) -> None:
+    """Past the shutdown grace (2 s here) the job's task is cancelled, and its child with it;
+    the entry stays pending for another consumer."""
+    marker = tmp_path / "pid"
+    job_id = await driver.submit("long_command", payload={"marker": str(marker)})
+    worker = spawn_worker("stopping")
+    pid = await marker_pid(marker, driver, job_id)
+    code = worker.stop(grace_s=15)  # SIGTERM, then wait for it to exit
+    assert code != -signal.SIGKILL, "the worker did not stop by itself"
+    assert await pid_exits(pid, 1.0), "the command outlived its worker's shutdown"
+    assert await driver.status(job_id) is JobStatus.RUNNING  # left for a reclaim
+
+
 async def test_a_sigkilled_workers_command_dies_with_it_and_the_job_is_reclaimed(
     driver: Driver, spawn_worker: Callable[..., ManagedProcess], tmp_path: Path
 ) -> None:
@@ -209,9 +241,23 @@ async def test_a_stalled_loop_is_reported_with_its_job_and_stack(
     )
     stalls_before = metrics.LOOP_STALLS._value.get()
     worker = ConveyorWorker(s, connect(s), queue=driver.queue, burst=True, handle_signals=False)
+    seen: list[str] = []  # the health-check key as `--check` would read it, while stalled
+    watching = threading.Event()
+
+    def watch_health() -> None:
+        client = redis.Redis.from_url(s.redis_url or "", decode_responses=True)
+        while not watching.wait(0.05):  # the test's loop is the one blocked: a thread looks
+            seen.append(client.get(worker.health_check_key) or "")
+        client.close()
+
+    watcher = threading.Thread(target=watch_health)
+    watcher.start()
     with caplog.at_level(logging.WARNING, logger="conveyor.worker"):
         await worker.async_run()
         await worker.close()
+    watching.set()
+    watcher.join()
+    assert any(f"STALLED event loop blocked by job {job_id}" in value for value in seen)
     assert await driver.status(job_id) is JobStatus.SUCCEEDED
     [record] = [r for r in caplog.records if "event loop blocked" in r.getMessage()]
     message = record.getMessage()
