@@ -7,7 +7,7 @@ from urllib.parse import quote
 from gateway.auth import FIREHOSE_SCOPE, job_scope
 from gateway.deps import Gateway
 from gateway.errors import redis_deadline
-from gateway.models import JobResource, Links, PageLinks
+from gateway.models import ArtifactResource, JobResource, Links, PageLinks
 from schemas.errors import JobNotFound
 from schemas.models import JOB_ID, Job
 
@@ -28,8 +28,13 @@ def job_path(job_id: str) -> str:
 
 def resource(gw: Gateway, job: Job) -> JobResource:
     token = gw.tokens.issue(job_scope(job.id), job.tenant)
-    links = Links(self=job_path(job.id), events=f"{job_path(job.id)}/events?token={token}")
-    return JobResource(**job.model_dump(), links=links)
+    path = job_path(job.id)
+    links = Links(self=path, events=f"{path}/events?token={token}")
+    artifacts = [
+        ArtifactResource(**a.model_dump(), url=f"{path}/artifacts/{quote(a.name, safe='')}")
+        for a in job.artifacts
+    ]
+    return JobResource(**{**job.model_dump(), "artifacts": artifacts}, links=links)
 
 
 def page_links(gw: Gateway, tenant: str) -> PageLinks:

@@ -82,7 +82,11 @@ def create_app(
         lifespan=lifespan,
     )
     errors.install(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_payload_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_payload_bytes,
+        per_path={"/v1/jobs/bulk": settings.max_bulk_bytes},
+    )
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(health.router)

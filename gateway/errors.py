@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -72,11 +72,39 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(part) for part in loc)
 
 
+def validation_body(errors: Sequence[Any], prefix: Sequence[Any] = ()) -> dict[str, Any]:
+    """A `422`'s body from pydantic's errors, each located under `prefix` (for a bulk item)."""
+    detail = [
+        {"loc": [*prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in errors
+    ]
+    message = "; ".join(f"{_field(d['loc'])}: {d['msg']}" for d in detail)
+    return {"error": "validation_error", "message": message, "detail": detail}
+
+
+def conveyor_error_body(exc: ConveyorError) -> tuple[int, dict[str, Any]]:
+    """The status and body a ConveyorError is answered with."""
+    if isinstance(exc, JobNotFound):
+        return 404, {"error": "not_found", "message": str(exc)}
+    if isinstance(exc, IdempotencyConflict):
+        return 409, {"error": "conflict", "message": str(exc)}
+    if isinstance(exc, TransitionRefused):
+        return 409, {"error": "conflict", "message": str(exc), "status": exc.status}
+    if isinstance(exc, UnknownJobType):
+        detail = [{"loc": ["body", "type"], "msg": str(exc), "type": "unknown_job_type"}]
+        return 422, {"error": "validation_error", "message": f"body.type: {exc}", "detail": detail}
+    if isinstance(exc, QueueNotConfigured):
+        detail = [{"loc": ["body", "queue"], "msg": str(exc), "type": "unknown_queue"}]
+        return 422, {"error": "validation_error", "message": f"queue: {exc}", "detail": detail}
+    if isinstance(exc, RedisUnavailable):
+        return 503, {"error": "unavailable", "message": str(exc)}
+    log.error("unexpected %s", type(exc).__name__, exc_info=exc)
+    return 500, {"error": "internal", "message": "internal error"}
+
+
 async def _validation(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-    message = "; ".join(f"{_field(d['loc'])}: {d['msg']}" for d in detail)
-    return error(422, "validation_error", message, detail=detail)
+    body = validation_body(exc.errors())
+    return error(422, body.pop("error"), body.pop("message"), **body)
 
 
 async def _http(_: Request, exc: Exception) -> JSONResponse:
@@ -103,29 +131,17 @@ def _code_for(status: int) -> str:
 
 
 async def _conveyor(_: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, JobNotFound):
-        return error(404, "not_found", str(exc))
-    if isinstance(exc, IdempotencyConflict):
-        return error(409, "conflict", str(exc))
-    if isinstance(exc, TransitionRefused):
-        return error(409, "conflict", str(exc), status=exc.status)
-    if isinstance(exc, UnknownJobType):
-        detail = [{"loc": ["body", "type"], "msg": str(exc), "type": "unknown_job_type"}]
-        return error(422, "validation_error", f"body.type: {exc}", detail=detail)
-    if isinstance(exc, QueueNotConfigured):
-        detail = [{"loc": ["body", "queue"], "msg": str(exc), "type": "unknown_queue"}]
-        return error(422, "validation_error", f"queue: {exc}", detail=detail)
-    if isinstance(exc, RedisUnavailable):
-        return error(503, "unavailable", str(exc))
-    log.error("unexpected %s", type(exc).__name__, exc_info=exc)
-    return error(500, "internal", "internal error")
+    assert isinstance(exc, ConveyorError)
+    status, body = conveyor_error_body(exc)
+    return error(status, body.pop("error"), body.pop("message"), **body)
 
 
 async def _redis_refused(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ResponseError)
     # Scripts fail before their first write when Redis is out of memory (Redis refuses only
     # a script that has not written yet), so nothing was half-written either.
-    if isinstance(exc, OutOfMemoryError) or str(exc).startswith("OOM") or " OOM " in str(exc):
+    # Inside a script Redis wraps it: "Error running script ... -OOM command not allowed".
+    if isinstance(exc, OutOfMemoryError) or "OOM command not allowed" in str(exc):
         return error(
             503,
             "store_full",

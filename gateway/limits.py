@@ -12,21 +12,25 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_max_bytes = max_bytes
+        self.per_path = per_path or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
             await self.app(scope, receive, send)
             return
+        max_bytes = self.per_path.get(scope["path"], self.default_max_bytes)
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit():
                     await error(400, "bad_request", "invalid Content-Length")(scope, receive, send)
                     return
-                if int(value) > self.max_bytes:
-                    await self._too_large(scope, receive, send)
+                if int(value) > max_bytes:
+                    await self._too_large(max_bytes, scope, receive, send)
                     return
         chunks: list[bytes] = []
         size = 0
@@ -37,8 +41,8 @@ class BodyLimit:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
-                await self._too_large(scope, receive, send)
+            if size > max_bytes:
+                await self._too_large(max_bytes, scope, receive, send)
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -54,7 +58,7 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error(413, "payload_too_large", f"request body is over {self.max_bytes} bytes")
+    async def _too_large(self, max_bytes: int, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error(413, "payload_too_large", f"request body is over {max_bytes} bytes")
         response.headers["Connection"] = "close"
         await response(scope, receive, send)

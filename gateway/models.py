@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.models import Job
+from schemas.models import Artifact, Job
 
 
 class Links(BaseModel):
@@ -16,9 +16,14 @@ class Links(BaseModel):
     events: str = Field(description="SSE stream of the job; carries a token for EventSource")
 
 
+class ArtifactResource(Artifact):
+    url: str = Field(description="the API path that redirects to a short-lived S3 URL")
+
+
 class JobResource(Job):
     """A job's snapshot with its links."""
 
+    artifacts: list[ArtifactResource] = Field(default_factory=list)  # type: ignore[assignment]
     links: Links
 
 
@@ -40,6 +45,25 @@ class ActionResult(BaseModel):
 class ErrorBody(BaseModel):
     error: str
     message: str
+
+
+BULK_MAX_JOBS = 1000
+
+
+class BulkSubmit(BaseModel):
+    """`POST /v1/jobs/bulk`: each item is a `POST /v1/jobs` body, checked on its own."""
+
+    jobs: list[Any] = Field(min_length=1, max_length=BULK_MAX_JOBS)
+
+
+class BulkItem(BaseModel):
+    status: int = Field(description="what `POST /v1/jobs` would have answered for this item")
+    job: JobResource | None = None
+    error: dict[str, Any] | None = Field(default=None, description="an error body, as ErrorBody")
+
+
+class BulkResult(BaseModel):
+    results: list[BulkItem] = Field(description="one per submitted item, in order")
 
 
 # The error answers most routes share, for the OpenAPI description (errors.py makes them).

@@ -86,6 +86,14 @@ class Reads:
         fields = await self.redis.hgetall(self.keys(queue).job(job_id))  # type: ignore[misc]
         return Job.from_hash(fields) if fields else None
 
+    async def get_many(self, refs: Sequence[tuple[str, str]]) -> list[Job | None]:
+        """The snapshots of (queue, job id) pairs, in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for queue, job_id in refs:
+                pipe.hgetall(self.keys(queue).job(job_id))
+            replies = await pipe.execute()
+        return [Job.from_hash(fields) if fields else None for fields in replies]
+
     async def find(self, job_id: str, queues: Sequence[str] | None = None) -> Job | None:
         """The job with this id in any of `queues` (default: the configured ones)."""
         for queue in queues or self.settings.queues:

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     metrics_key: str | None = None
     event_token_ttl_s: int = 3600
     max_payload_bytes: int = 256 * 1024
+    # `POST /v1/jobs/bulk` carries up to 1,000 submit bodies.
+    max_bulk_bytes: int = 16 * 1024 * 1024
     redis_timeout_s: float = 2.0
     sse_ping_s: float = 15.0
     sse_retry_ms: int = 5000

@@ -11,15 +11,31 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response
 from fastapi.responses import JSONResponse, RedirectResponse
+from pydantic import ValidationError
 
 from gateway.access import job_path, own_job, page_links, resource
 from gateway.artifacts import artifact_url
 from gateway.deps import Gateway, GatewayDep, Tenant
-from gateway.errors import QueueNotConfigured, RedisUnavailable, redis_deadline
-from gateway.models import ERRORS, ActionResult, ErrorBody, JobPage, JobResource
+from gateway.errors import (
+    QueueNotConfigured,
+    RedisUnavailable,
+    conveyor_error_body,
+    redis_deadline,
+    validation_body,
+)
+from gateway.models import (
+    ERRORS,
+    ActionResult,
+    BulkItem,
+    BulkResult,
+    BulkSubmit,
+    ErrorBody,
+    JobPage,
+    JobResource,
+)
 from producer import Position
-from schemas.errors import UnknownJobType
-from schemas.models import Job, SubmitRequest
+from schemas.errors import ConveyorError, UnknownJobType
+from schemas.models import Event, Job, SubmitRequest
 from schemas.status import JobStatus
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -53,12 +69,7 @@ async def submit(
     settings = gw.settings
     if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         return _bad_header("Idempotency-Key", "must be 1-255 visible ASCII characters")
-    if "queue" not in body.model_fields_set:  # the first configured queue is the default
-        body = body.model_copy(update={"queue": settings.queues[0]})
-    if body.queue not in settings.queues:
-        raise QueueNotConfigured(body.queue, settings.queues)
-    if body.type not in gw.job_types:
-        raise UnknownJobType(body.type, sorted(gw.job_types))
+    body = _accepted(gw, body)
     try:
         async with redis_deadline(settings.redis_timeout_s):
             job = None
@@ -80,6 +91,61 @@ async def submit(
     if idempotency_key is not None:
         response.headers["Idempotency-Key"] = idempotency_key
     return resource(gw, job)
+
+
+def _accepted(gw: Gateway, body: SubmitRequest) -> SubmitRequest:
+    """The body with its queue defaulted, once its queue and type are known here."""
+    settings = gw.settings
+    if "queue" not in body.model_fields_set:  # the first configured queue is the default
+        body = body.model_copy(update={"queue": settings.queues[0]})
+    if body.queue not in settings.queues:
+        raise QueueNotConfigured(body.queue, settings.queues)
+    if body.type not in gw.job_types:
+        raise UnknownJobType(body.type, sorted(gw.job_types))
+    return body
+
+
+@router.post(
+    "/bulk",
+    status_code=202,
+    response_model=BulkResult,
+    responses={
+        **{k: v for k, v in ERRORS.items() if k != 404},
+        413: {"model": ErrorBody, "description": "request body over the limit"},
+    },
+)
+async def submit_bulk(body: BulkSubmit, gw: GatewayDep, tenant: Tenant) -> Any:
+    """Up to 1,000 jobs in one request and one round trip to Redis. Items are independent:
+    one that `POST /v1/jobs` would refuse gets its error in its place, and the rest are
+    submitted. A `503` means none is known to have been created."""
+    results: list[BulkItem | None] = [None] * len(body.jobs)
+    accepted: list[tuple[int, SubmitRequest]] = []
+    for i, raw in enumerate(body.jobs):
+        try:
+            accepted.append((i, _accepted(gw, SubmitRequest.model_validate(raw))))
+        except ValidationError as exc:
+            results[i] = BulkItem(status=422, error=validation_body(exc.errors(), ["jobs", i]))
+        except ConveyorError as exc:
+            status, error_body = conveyor_error_body(exc)
+            results[i] = BulkItem(status=status, error=error_body)
+    if accepted:
+        requests = [request for _, request in accepted]
+        try:
+            async with redis_deadline(gw.settings.redis_timeout_s):
+                job_ids = await gw.producer.submit_many(requests, tenant=tenant)
+                jobs = await gw.producer.get_many(
+                    [(r.queue, job_id) for r, job_id in zip(requests, job_ids, strict=True)]
+                )
+        except RedisUnavailable as exc:
+            raise RedisUnavailable(f"{exc}; some of the jobs may have been created") from exc
+        for (i, request), job in zip(accepted, jobs, strict=True):
+            gw.metrics.submits.labels(request.type).inc()
+            results[i] = (
+                BulkItem(status=202, job=resource(gw, job))
+                if job is not None
+                else BulkItem(status=503, error={"error": "unavailable", "message": "expired"})
+            )
+    return BulkResult(results=[item for item in results if item is not None])
 
 
 async def _earlier_job(gw: GatewayDep, tenant: str, key: str, queue: str) -> Job | None:
@@ -133,6 +199,14 @@ async def list_(
 @router.get("/{job_id}", response_model=JobResource, responses=ERRORS)
 async def get(job_id: str, gw: GatewayDep, tenant: Tenant) -> Any:
     return resource(gw, await own_job(gw, tenant, job_id))
+
+
+@router.get("/{job_id}/history", response_model=list[Event], responses=ERRORS)
+async def history(job_id: str, gw: GatewayDep, tenant: Tenant) -> Any:
+    """The job's events, oldest first: what its SSE stream replays (ids are the same)."""
+    job = await own_job(gw, tenant, job_id)
+    async with redis_deadline(gw.settings.redis_timeout_s):
+        return await gw.producer.events(job.queue, job.id)
 
 
 ACTION_ERRORS = {
