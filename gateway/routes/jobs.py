@@ -46,15 +46,17 @@ MAYBE_CREATED = (
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
+SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
+    **{k: v for k, v in ERRORS.items() if k != 404},
+    413: {"model": ErrorBody, "description": "request body over the limit"},
+}
+
 
 @router.post(
     "",
     status_code=202,
     response_model=JobResource,
-    responses={
-        **{k: v for k, v in ERRORS.items() if k != 404},
-        413: {"model": ErrorBody, "description": "request body over the limit"},
-    },
+    responses=SUBMIT_ERRORS,
 )
 async def submit(
     body: SubmitRequest,
@@ -109,10 +111,7 @@ def _accepted(gw: Gateway, body: SubmitRequest) -> SubmitRequest:
     "/bulk",
     status_code=202,
     response_model=BulkResult,
-    responses={
-        **{k: v for k, v in ERRORS.items() if k != 404},
-        413: {"model": ErrorBody, "description": "request body over the limit"},
-    },
+    responses=SUBMIT_ERRORS,
 )
 async def submit_bulk(body: BulkSubmit, gw: GatewayDep, tenant: Tenant) -> Any:
     """Up to 1,000 jobs in one request and one round trip to Redis. Items are independent:
