@@ -96,7 +96,13 @@ class Runner:
         self.progress_interval_s = worker.settings.progress_interval_s
         self.outcomes = outcomes
         self.storage: Storage | None = None  # the worker's S3 client, once it started
-        # Plain `def` handlers (blocking or CPU-bound work) run here, off the event loop.
+        # Plain `def` handlers (blocking or CPU-bound work) run here, off the event loop;
+        # which ones is decided once, not per job.
+        self.threaded = {
+            name
+            for name, f in self.functions.items()
+            if isinstance(f, Function) and not inspect.iscoroutinefunction(f.coroutine)
+        }
         self.threads = ThreadPoolExecutor(
             worker.settings.handler_threads, thread_name_prefix="conveyor-handler"
         )
@@ -130,7 +136,11 @@ class Runner:
             # See consumers/supervision.py: one sweep stops every handler past its deadline.
             running.deadline = time.monotonic() + timeout_s
             try:
-                result = await self.call(function, ctx, d.payload)
+                if function.name in self.threaded:
+                    result = await self.in_thread(function, ctx, d.payload)
+                else:
+                    # arq types ctx as a dict; ours is a JobContext that also answers ctx[...].
+                    result = await function.coroutine(ctx, **d.payload)  # type: ignore[arg-type]
             finally:
                 running.deadline = None  # the timeout covers the handler, not our writes
         except asyncio.CancelledError:
@@ -152,14 +162,11 @@ class Runner:
             return
         self.outcomes.succeeded(running, result, ctx)
 
-    async def call(self, function: Function, ctx: JobContext, payload: dict[str, Any]) -> Any:
+    async def in_thread(self, function: Function, ctx: JobContext, payload: dict[str, Any]) -> Any:
+        """A `def` handler blocks: a thread of the pool runs it, the loop stays free for
+        leases, cancels, progress and other jobs. A thread cannot be cancelled: on a cancel or
+        a timeout the job ends at once and `ctx.cancel_requested` tells the handler to stop."""
         handler: Any = function.coroutine
-        if inspect.iscoroutinefunction(handler):
-            # arq types ctx as a dict; ours is a JobContext that also answers ctx["name"].
-            return await handler(ctx, **payload)
-        # A `def` handler blocks: a thread of the pool runs it, the loop stays free for leases,
-        # cancels, progress and other jobs. A thread cannot be cancelled: on a cancel or a
-        # timeout the job ends at once and `ctx.cancel_requested` tells the handler to stop.
         loop = asyncio.get_running_loop()
         in_thread = ThreadContext(ctx, loop)
         try:
