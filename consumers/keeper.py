@@ -163,8 +163,8 @@ class Keeper:
             extra={"job_id": job_id, "blocked_s": round(blocked_s, 3)},
         )
         info = f"{time.strftime('%b-%d %H:%M:%S')} STALLED event loop blocked by {job}"
-        ttl_ms = int((self.settings.visibility_timeout_s + 1) * 1000)
         try:
-            await store.redis.psetex(self.health_check_key, ttl_ms, info)
+            ttl_s = self.settings.visibility_timeout_s + 1
+            await store.record_health(self.health_check_key, ttl_s, info)
         except Exception as exc:
             logger.warning("could not report the stall in the health check: %s", exc)

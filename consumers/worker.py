@@ -260,8 +260,8 @@ class ConveyorWorker(Worker):
             f"j_ongoing={len(self.running)} reclaimed={self.reclaimed} "
             f"loop_stalls={self.keeper.stalls} longest_stall_s={self.keeper.longest_stall_s:.1f}"
         )
-        await self.pool.psetex(
-            self.health_check_key, int((self.health_check_interval + 1) * 1000), info
+        await self.producer.record_health(
+            self.health_check_key, self.health_check_interval + 1, info
         )
 
     async def close(self) -> None:

@@ -464,6 +464,11 @@ class Producer(Reads):
 
     # --- consumer upkeep: the roster and the on_failure group ----------------------------
 
+    async def record_health(self, key: str, ttl_s: float, info: str) -> None:
+        """arq's health-check record of one consumer (`arq --check` reads it): `info`, for
+        `ttl_s`. The worker writes it from its loop, its keeper when the loop is stalled."""
+        await self.redis.psetex(key, int(ttl_s * 1000), info)
+
     async def ack_dead_letter(self, queue: str, entry_id: str) -> None:
         await self.redis.xack(self.keys(queue).dead, FAILURE_GROUP, entry_id)
 
