@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from consumers import children
+from consumers.steps import Steps, run_step
 
 if TYPE_CHECKING:
     from consumers.storage import JobStorage
@@ -38,6 +39,7 @@ class JobContext:
         report_progress: ProgressSink,
         storage: JobStorage | None,
         log: logging.LoggerAdapter[logging.Logger],
+        steps: Steps | None = None,
         min_progress_interval_s: float = 0.25,
     ) -> None:
         self.job_id = job_id
@@ -55,6 +57,10 @@ class JobContext:
         self._started = time.monotonic()
         self._stage_since = self._started
         self._stage_seconds: dict[str, float] = {}
+        self._steps = steps
+        # A parent's children as they ended, child id -> {type, status, result, error}: read
+        # before the handler runs (empty for a job without children).
+        self.children: dict[str, dict[str, Any]] = {}
 
     @property
     def storage(self) -> JobStorage:
@@ -74,14 +80,31 @@ class JobContext:
         stage and 100% are always sent, other updates at most every `progress_interval_s`."""
         now = time.monotonic()
         stage_changed = stage is not None and stage != self._last_stage
-        if stage_changed:
-            self._close_stage(now)
-            self._last_stage = stage
+        if stage is not None:
+            self._enter_stage(stage)
         final = percent is not None and percent >= 100
         if not (stage_changed or final) and now - self._last_report < self._min_interval:
             return
         self._last_report = now
         await self._report_progress(percent, stage, message)
+
+    async def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run `fn(*args, **kwargs)` (a coroutine function or a plain one) as the job's step
+        `name`, at most once per job to success: when an earlier attempt recorded its
+        result, that result (JSON, or an `Artifact`) is returned and `fn` does not run.
+        While it runs, the job's stage is `name`. See consumers/steps.py."""
+        self._enter_stage(name)
+        return await run_step(self._require_steps(), name, fn, *args, **kwargs)
+
+    def _require_steps(self) -> Steps:
+        if self._steps is None:
+            raise RuntimeError("steps are recorded for a job run by a worker, not here")
+        return self._steps
+
+    def _enter_stage(self, stage: str) -> None:
+        if stage != self._last_stage:
+            self._close_stage(time.monotonic())
+            self._last_stage = stage
 
     async def run_process(
         self,
@@ -156,8 +179,26 @@ class ThreadContext:
     def progress(
         self, percent: float | None = None, stage: str | None = None, message: str | None = None
     ) -> None:
-        report = self._ctx.progress(percent, stage, message)
-        asyncio.run_coroutine_threadsafe(report, self._loop).result()
+        self._wait(self._ctx.progress(percent, stage, message))
+
+    def step(self, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`JobContext.step` for a handler's thread: `fn` is a plain function, run here."""
+        steps = self._ctx._require_steps()
+        self._ctx._enter_stage(name)
+        restored, value = self._wait(steps.begin(name))
+        if restored:
+            return value  # type: ignore[no-any-return]
+        started = time.monotonic()
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            self._wait(steps.failed(name, started, exc))
+            raise
+        self._wait(steps.succeeded(name, started, result))
+        return result
+
+    def _wait(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     @property
     def cancel_requested(self) -> bool:

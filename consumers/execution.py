@@ -17,6 +17,7 @@ from arq.worker import Function
 
 from consumers import metrics
 from consumers.context import JobContext, ThreadContext
+from consumers.steps import Steps
 from producer import Delivery, Lease
 from schemas.errors import PermanentError
 from schemas.models import Artifact
@@ -189,6 +190,12 @@ class Runner:
             from consumers.storage import JobStorage
 
             storage = JobStorage(self.storage, d.queue, d.job_id)
+        steps = Steps(
+            self.producer,
+            d,
+            on_lease_lost=lambda: running.stop("lease_lost"),
+            keep_artifact=storage.keep if storage is not None else lambda artifact: None,
+        )
         return JobContext(
             job_id=d.job_id,
             queue=d.queue,
@@ -198,5 +205,6 @@ class Runner:
             report_progress=report,
             storage=storage,
             log=log,
+            steps=steps,
             min_progress_interval_s=self.progress_interval_s,
         )

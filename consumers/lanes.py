@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError, ResponseError
 
+from consumers.errors import describe
 from consumers.execution import Running
 from consumers.keeper import JOB_TASK_PREFIX
-from consumers.outcomes import REDIS_RETRY_S, describe, persist
+from consumers.outcomes import REDIS_RETRY_S, persist
 from consumers.periodic import pause
 from producer import Delivery
 

@@ -31,6 +31,7 @@ from redis.exceptions import BusyLoadingError, ConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from consumers import metrics
+from consumers.errors import describe
 from consumers.execution import JobLog, Running, clear_own_cancel, logger_for
 from producer import Delivery
 from schemas.errors import PermanentError
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("conveyor.worker")
 T = TypeVar("T")
 
-MAX_ERROR_CHARS = 2000
 REDIS_RETRY_S = 0.5
 
 
@@ -53,12 +53,6 @@ def backoff_ms(attempt: int, base_s: float, cap_s: float) -> int:
     Jitter"): spreads retries of jobs that failed together."""
     ceiling = min(cap_s, base_s * 2 ** max(0, attempt - 1))
     return int(random.uniform(0, ceiling) * 1000)
-
-
-def describe(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    # A lone surrogate in a message (a payload's text echoed back) cannot reach Redis as UTF-8.
-    return text[:MAX_ERROR_CHARS].encode("utf-8", "replace").decode()
 
 
 async def persist(write: Callable[[], Awaitable[T]], within_s: float) -> T:

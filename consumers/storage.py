@@ -508,9 +508,14 @@ class JobStorage:
         content_type: str = "application/octet-stream",
     ) -> Artifact:
         artifact = await self.storage.upload(self.queue, self.job_id, name, chunks, content_type)
-        # Same name, same key: a second upload replaced the object, so it replaces the entry.
-        self.artifacts = [a for a in self.artifacts if a.name != artifact.name] + [artifact]
+        self.keep(artifact)
         return artifact
+
+    def keep(self, artifact: Artifact) -> None:
+        """Record `artifact` as this job's: one it uploaded now, or one a step of an earlier
+        attempt uploaded and this attempt restored. Same name, same key: a second upload
+        replaced the object, so it replaces the entry."""
+        self.artifacts = [a for a in self.artifacts if a.name != artifact.name] + [artifact]
 
     def __repr__(self) -> str:
         return f"<JobStorage {self.queue}/{self.job_id} artifacts={len(self.artifacts)}>"

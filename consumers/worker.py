@@ -72,6 +72,7 @@ from arq.worker import Worker
 
 from consumers import metrics, registry
 from consumers.children import kill_all_children
+from consumers.errors import MAX_ERROR_CHARS, describe
 from consumers.execution import (
     JobLog,
     Runner,
@@ -81,13 +82,7 @@ from consumers.execution import (
 )
 from consumers.keeper import Keeper
 from consumers.lanes import LANES, Lane, Lanes
-from consumers.outcomes import (
-    MAX_ERROR_CHARS,
-    REDIS_RETRY_S,
-    Outcomes,
-    backoff_ms,
-    describe,
-)
+from consumers.outcomes import REDIS_RETRY_S, Outcomes, backoff_ms
 from consumers.supervision import CANCEL_POLL_S, TIMEOUT_SWEEP_S, Supervision
 from consumers.upkeep import HEARTBEAT_S, Upkeep
 from producer import Producer

@@ -20,6 +20,7 @@ from redis.exceptions import ResponseError
 from producer.reads import Reads
 from producer.scripts import Call, Scripts
 from schemas.errors import IdempotencyConflict, JobNotFound, TransitionRefused
+from schemas.events import StepState
 from schemas.keys import CONSUMER_GROUP, FAILURE_GROUP, QueueKeys
 from schemas.models import Artifact, SubmitRequest
 from schemas.settings import Settings
@@ -191,10 +192,21 @@ class Producer(Reads):
         )
         return self._outcome(job_id, "cancel", outcome)
 
-    async def retry(self, queue: str, job_id: str) -> str:
+    async def retry(self, queue: str, job_id: str, *, from_start: bool = False) -> str:
+        """Re-run an ended job. It resumes after its last recorded step; `from_start`
+        forgets the steps and runs everything again."""
         k, job_key, job_events_key = self._job_keys(queue, job_id)
         outcome = await self.scripts.run(
-            "retry", keys=[k.jobs, k.events, job_key, job_events_key], args=[*self._config]
+            "retry",
+            keys=[
+                k.jobs,
+                k.events,
+                job_key,
+                job_events_key,
+                k.job_steps(job_id),
+                k.job_children(job_id),
+            ],
+            args=[*self._config, "1" if from_start else "0"],
         )
         return self._outcome(job_id, "retry", outcome)
 
@@ -271,6 +283,45 @@ class Producer(Reads):
         )
         return bool(written)
 
+    async def start_step(
+        self, delivery: Delivery, name: str, max_steps: int
+    ) -> tuple[str, dict[str, Any] | None]:
+        """A step of the job starts: `(StepState.STARTED, None)`; or it already succeeded in
+        an earlier attempt: `(StepState.RESTORED, its record)`, its result under `result`.
+        `('too_many', None)` past `max_steps`; `('fenced', None)`: the attempt lost the job."""
+        k, job_key, job_events_key = self._job_keys(delivery.queue, delivery.job_id)
+        reply = await self.scripts.run(
+            "step",
+            keys=[k.events, job_key, job_events_key, k.job_steps(delivery.job_id)],
+            args=[*self._config, delivery.attempt, name, StepState.STARTED, max_steps],
+        )
+        return str(reply[0]), (json.loads(reply[1]) if len(reply) > 1 else None)
+
+    async def end_step(
+        self,
+        delivery: Delivery,
+        name: str,
+        duration_ms: int,
+        *,
+        result: Any = None,
+        error: str | None = None,
+    ) -> bool:
+        """Record how a step ended: its result (JSON, or an `Artifact`), or its error when
+        `error` is given. False: the attempt lost the job and nothing was written."""
+        k, job_key, job_events_key = self._job_keys(delivery.queue, delivery.job_id)
+        if error is not None:
+            tail: list[Any] = [StepState.FAILED, error, duration_ms, ""]
+        elif isinstance(result, Artifact):
+            tail = [StepState.SUCCEEDED, dumps(result.model_dump()), duration_ms, "artifact"]
+        else:
+            tail = [StepState.SUCCEEDED, dumps(result), duration_ms, "json"]
+        reply = await self.scripts.run(
+            "step",
+            keys=[k.events, job_key, job_events_key, k.job_steps(delivery.job_id)],
+            args=[*self._config, delivery.attempt, name, *tail],
+        )
+        return str(reply[0]) == "recorded"
+
     async def succeed(
         self, delivery: Delivery, result: Any, artifacts: Sequence[Artifact] = ()
     ) -> bool:
@@ -335,9 +386,7 @@ class Producer(Reads):
         written = [bool(w) for reply in replies[: len(calls) - (count > 0)] for w in reply]
         taken = replies[-1] if count > 0 else []
         deliveries = [
-            self._delivery(queue, row[1], row[0], row[3:])
-            for row in taken
-            if row[2] == "started"
+            self._delivery(queue, row[1], row[0], row[3:]) for row in taken if row[2] == "started"
         ]
         return Taken(written, deliveries, exhausted=count > 0 and len(taken) < count)
 
@@ -402,9 +451,7 @@ class Producer(Reads):
             for job_id in job_ids:
                 pipe.hget(k.job(job_id), "cancel_requested")
             flags = await pipe.execute()
-        return {
-            job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag == "1"
-        }
+        return {job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag == "1"}
 
     async def promote(self, queue: str, limit: int = 1000) -> tuple[int, int | None]:
         """Move due delayed jobs to the stream. Returns (moved, next due time in ms or None)."""

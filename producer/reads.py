@@ -83,16 +83,27 @@ class Reads:
     # --- one job ------------------------------------------------------------------------
 
     async def get(self, queue: str, job_id: str) -> Job | None:
-        fields = await self.redis.hgetall(self.keys(queue).job(job_id))  # type: ignore[misc]
-        return Job.from_hash(fields) if fields else None
+        (job,) = await self.get_many([(queue, job_id)])
+        return job
 
     async def get_many(self, refs: Sequence[tuple[str, str]]) -> list[Job | None]:
-        """The snapshots of (queue, job id) pairs, in one round trip."""
+        """The snapshots of (queue, job id) pairs: one round trip, and a second for the steps
+        of those that have steps."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for queue, job_id in refs:
                 pipe.hgetall(self.keys(queue).job(job_id))
-            replies = await pipe.execute()
-        return [Job.from_hash(fields) if fields else None for fields in replies]
+            replies: list[dict[str, str]] = await pipe.execute()
+        with_steps = [i for i, fields in enumerate(replies) if fields.get("steps") == "1"]
+        steps: dict[int, dict[str, str]] = {}
+        if with_steps:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for i in with_steps:
+                    pipe.hgetall(self.keys(refs[i][0]).job_steps(refs[i][1]))
+                steps = dict(zip(with_steps, await pipe.execute(), strict=True))
+        return [
+            Job.from_hash(fields, steps.get(i)) if fields else None
+            for i, fields in enumerate(replies)
+        ]
 
     async def find(self, job_id: str, queues: Sequence[str] | None = None) -> Job | None:
         """The job with this id in any of `queues` (default: the configured ones)."""

@@ -5,6 +5,7 @@ ConveyorError
 ├── TransitionRefused    the job's status does not allow the request (HTTP 409)
 ├── UnknownJobType       no handler is registered for the type (HTTP 422)
 ├── IdempotencyConflict  the Idempotency-Key names a job the caller does not own (HTTP 409)
+├── LeaseLost            a worker's attempt no longer holds its job: another one took it over
 └── HandlerError         raised by handlers to steer what happens next
     ├── PermanentError   fail now: retrying cannot help (bad input, 4xx upstream)
     │   └── ResourceExceeded  a child process went over its memory or CPU limit
@@ -42,6 +43,11 @@ class IdempotencyConflict(ConveyorError):
     def __init__(self, key: str) -> None:
         super().__init__(f"Idempotency-Key {key!r} is in use by a job that is not yours")
         self.key = key
+
+
+class LeaseLost(ConveyorError):
+    """The attempt was fenced out: the job was reclaimed by another consumer (this one was
+    frozen or cut off past its lease). Nothing more of this attempt is written."""
 
 
 class HandlerError(ConveyorError):

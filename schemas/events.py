@@ -16,6 +16,9 @@ class EventType(enum.StrEnum):
     SUCCEEDED = "job.succeeded"
     FAILED = "job.failed"
     CANCELLED = "job.cancelled"
+    STEP = "job.step"  # a step of a multi-step job started, succeeded, failed or was restored
+    WAITING = "job.waiting"  # a parent was created; it waits for its children
+    CHILD_ENDED = "job.child_ended"  # one of a parent's children ended
 
     @property
     def is_terminal(self) -> bool:
@@ -25,3 +28,12 @@ class EventType(enum.StrEnum):
 TERMINAL_EVENTS: frozenset[EventType] = frozenset(
     {EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELLED}
 )
+
+
+class StepState(enum.StrEnum):
+    """The `state` of a `job.step` event and of a step's record in the snapshot."""
+
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RESTORED = "restored"  # taken from an earlier attempt instead of running again

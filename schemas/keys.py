@@ -14,6 +14,13 @@ CONSUMER_GROUP = "workers"
 FAILURE_GROUP = "on_failure"
 DEFAULT_PREFIX = "conveyor"
 JOB_EVENTS_SUFFIX = ":events"  # a job's own events stream: its hash's key and this
+JOB_STEPS_SUFFIX = ":steps"  # a job's recorded steps (hash): its hash's key and this
+JOB_CHILDREN_SUFFIX = ":children"  # a parent's children (hash): its hash's key and this
+FLOW_SUFFIX = ":flow"  # a queue's flow tasks (stream): its base and this
+# The group in which workers carry out a queue's flow tasks, and the tasks' names.
+FLOW_GROUP = "flow"
+TASK_CHILD_ENDED = "child_ended"
+TASK_CANCEL_CHILDREN = "cancel_children"
 # Tenants are spelled inside keys (`idem:{tenant}:{key}`, `tenant:{tenant}:jobs`) beside parts
 # a caller chooses. With no `:` in a tenant name those keys parse one way only: tenants `acme`
 # and `acme:prod` once shared `idem:acme:prod:order-42`. Checked when keys are configured.
@@ -61,6 +68,28 @@ class QueueKeys:
 
     def job_events(self, job_id: str) -> str:
         return f"{self.job(job_id)}{JOB_EVENTS_SUFFIX}"
+
+    def job_steps(self, job_id: str) -> str:
+        """Hash: step name -> JSON record (state, attempt, times, result); see ctx.step."""
+        return f"{self.job(job_id)}{JOB_STEPS_SUFFIX}"
+
+    def job_children(self, job_id: str) -> str:
+        """Hash: child id -> JSON {queue, status} of a parent's children (`open` until the
+        child's end reaches the parent: the fan-in's record, idempotent per child)."""
+        return f"{self.job(job_id)}{JOB_CHILDREN_SUFFIX}"
+
+    @property
+    def flow(self) -> str:
+        """Stream, group `flow`: the queue's flow tasks, written by the script that causes
+        them and carried out at least once by its workers: `child_ended` (tell a parent,
+        perhaps on another queue or cluster slot) and `cancel_children`."""
+        return f"{self.base}{FLOW_SUFFIX}"
+
+    @property
+    def waiting(self) -> str:
+        """Sorted set: the queue's `waiting` parents, scored by when their children are next
+        checked for one that was never created (a submit cut short)."""
+        return f"{self.base}:waiting"
 
     def idempotency(self, tenant: str, key: str) -> str:
         """String: the job id an `Idempotency-Key` made. `tenant` never holds a `:`

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from schemas.events import EventType
+from schemas.events import EventType, StepState
 from schemas.status import JobStatus
 from schemas.strict_json import MAX_JSON_DEPTH, check_json
 
@@ -55,6 +55,35 @@ class Artifact(BaseModel):
     content_type: str
 
 
+class StepRecord(BaseModel):
+    """One step of a multi-step job, as its snapshot lists them (first-start order)."""
+
+    name: str
+    state: StepState
+    attempt: int
+    started_at: int | None = None
+    finished_at: int | None = None
+    duration_ms: int | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_records(cls, records: Mapping[str, str]) -> list[StepRecord]:
+        """The steps hash (name -> JSON record) in first-start order; results left out."""
+        parsed = [json.loads(raw) for raw in records.values()]
+        parsed.sort(key=lambda record: record.get("seq", 0))
+        return [cls.model_validate(record) for record in parsed]
+
+
+class ChildCounts(BaseModel):
+    """A parent's children by how they stand: `pending` have not ended yet."""
+
+    total: int
+    pending: int
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
 def _json_or(value: str | None, default: Any) -> Any:
     return json.loads(value) if value else default
 
@@ -85,15 +114,22 @@ class Job(BaseModel):
     finished_at: int | None = None
     due_at: int | None = None
     last_event_id: str | None = None
+    steps: list[StepRecord] = Field(default_factory=list)
+    parent_id: str | None = None
+    children: ChildCounts | None = None
+    on_child_failure: str | None = None
 
-    @field_validator("stage", "message", "owner", "error", "last_event_id", mode="before")
+    @field_validator(
+        "stage", "message", "owner", "error", "last_event_id", "parent_id", mode="before"
+    )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return value or None
 
     @classmethod
-    def from_hash(cls, fields: dict[str, str]) -> Job:
-        """Build from `HGETALL` (decoded). Empty strings mean 'not set'."""
+    def from_hash(cls, fields: dict[str, str], steps: Mapping[str, str] | None = None) -> Job:
+        """Build from `HGETALL` (decoded) and, for a job with steps, its steps hash. Empty
+        strings mean 'not set'."""
 
         def opt_int(name: str) -> int | None:
             raw = fields.get(name)
@@ -123,7 +159,23 @@ class Job(BaseModel):
             finished_at=opt_int("finished_at"),
             due_at=opt_int("due_at"),
             last_event_id=fields.get("last_event_id"),
+            steps=StepRecord.from_records(steps) if steps else [],
+            parent_id=fields.get("parent_id"),
+            children=_child_counts(fields),
+            on_child_failure=fields.get("on_child_failure") or None,
         )
+
+
+def _child_counts(fields: Mapping[str, str]) -> ChildCounts | None:
+    if not fields.get("children"):
+        return None
+    return ChildCounts(
+        total=int(fields["children"]),
+        pending=int(fields.get("children_pending") or 0),
+        succeeded=int(fields.get("children_succeeded") or 0),
+        failed=int(fields.get("children_failed") or 0),
+        cancelled=int(fields.get("children_cancelled") or 0),
+    )
 
 
 @dataclass(frozen=True)

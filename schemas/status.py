@@ -11,6 +11,7 @@ import enum
 
 class JobStatus(enum.StrEnum):
     SCHEDULED = "scheduled"
+    WAITING = "waiting"  # a parent whose children have not all ended
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -28,9 +29,11 @@ TERMINAL: frozenset[JobStatus] = frozenset(
 
 # from -> the statuses it may move to. `running -> running` is a reclaim by another
 # consumer (a new attempt, same status). `queued -> failed` is a poison entry whose
-# consumers died before they could even start it.
+# consumers died before they could even start it. `waiting` is a parent of a flow: queued
+# exactly once when its last child ends, failed at once by a failed child (`fail` policy).
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.SCHEDULED: frozenset({JobStatus.QUEUED, JobStatus.CANCELLED}),
+    JobStatus.WAITING: frozenset({JobStatus.QUEUED, JobStatus.FAILED, JobStatus.CANCELLED}),
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED}),
     JobStatus.RUNNING: frozenset(
         {
@@ -45,4 +48,3 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
     JobStatus.CANCELLED: frozenset({JobStatus.QUEUED}),
 }
-

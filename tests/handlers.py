@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from arq.worker import Retry, func
 
 from consumers.context import JobContext
-from consumers.errors import PermanentError
+from consumers.errors import PermanentError, RetryableError
 from consumers.handlers.builtin import noop, sleep
 from consumers.hooks import on_failure
 from consumers.registry import declare
@@ -82,6 +82,66 @@ async def charge(ctx: JobContext, refunds: str, crash: bool = False) -> None:
     if crash:
         os.kill(os.getpid(), signal.SIGKILL)
     raise PermanentError("card declined")
+
+
+# --- multi-step jobs ----------------------------------------------------------------------
+
+
+async def pipeline(
+    ctx: JobContext,
+    path: str,
+    fail_third: int = 0,
+    crash_in_two: bool = False,
+    pause_in_two: float = 0.0,
+) -> dict[str, Any]:
+    """Three steps, each appending `job_id step attempt` to `path` when it really runs (so
+    tests count executions). Step three fails its first `fail_third` attempts; on attempt 1
+    step two kills the process (`crash_in_two`) or lingers `pause_in_two` seconds."""
+
+    def ran(step: str) -> None:
+        with open(path, "a") as f:
+            f.write(f"{ctx.job_id} {step} {ctx.attempt}\n")
+
+    async def one() -> dict[str, int]:
+        ran("one")
+        return {"frames": 3}
+
+    async def two(downloaded: dict[str, int]) -> int:
+        ran("two")
+        if ctx.attempt == 1 and crash_in_two:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if ctx.attempt == 1 and pause_in_two:
+            await asyncio.sleep(pause_in_two)
+        return downloaded["frames"] * 2
+
+    def three(frames: int) -> int:  # a plain function is a step too
+        ran("three")
+        if ctx.attempt <= fail_third:
+            raise RetryableError("upstream hiccup")
+        return frames + 1
+
+    first = await ctx.step("one", one)
+    second = await ctx.step("two", two, first)
+    return {"third": await ctx.step("three", three, second)}
+
+
+def pipeline_def(ctx: Any, path: str, fail_second: int = 0) -> list[Any]:
+    """Two steps from a handler's thread."""
+
+    def ran(step: str) -> str:
+        with open(path, "a") as f:
+            f.write(f"{ctx.job_id} {step} {ctx.attempt}\n")
+        if step == "b" and ctx.attempt <= fail_second:
+            raise RetryableError("again")
+        return step
+
+    return [ctx.step("a", ran, "a"), ctx.step("b", ran, "b")]
+
+
+async def twice(ctx: JobContext) -> None:
+    """Uses one step name twice: a permanent error."""
+    await ctx.step("same", lambda: 1)
+    await ctx.step("same", lambda: 2)
 
 
 # --- heavy handlers: blocking, CPU-bound, in child processes ------------------------------
@@ -178,4 +238,7 @@ class WorkerSettings:
         declare(long_command, name="long_command_1s", timeout=1, max_tries=1),
         func(mixed, name="mixed"),  # type: ignore[arg-type]
         func(upstream_timeout, name="upstream_timeout", max_tries=1),  # type: ignore[arg-type]
+        func(pipeline, name="pipeline"),  # type: ignore[arg-type]
+        pipeline_def,
+        func(twice, name="twice"),  # type: ignore[arg-type]
     ]

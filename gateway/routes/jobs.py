@@ -224,8 +224,21 @@ async def cancel(job_id: str, gw: GatewayDep, tenant: Tenant) -> Any:
 @router.post(
     "/{job_id}/retry", status_code=202, response_model=ActionResult, responses=ACTION_ERRORS
 )
-async def retry(job_id: str, gw: GatewayDep, tenant: Tenant) -> Any:
-    return await _act(gw, tenant, job_id, gw.producer.retry)
+async def retry(
+    job_id: str,
+    gw: GatewayDep,
+    tenant: Tenant,
+    from_start: Annotated[
+        bool,
+        Query(description="forget the recorded steps and run everything again"),
+    ] = False,
+) -> Any:
+    """Re-run a failed or cancelled job. It resumes after its last recorded step."""
+
+    async def retry_job(queue: str, job_id: str) -> str:
+        return await gw.producer.retry(queue, job_id, from_start=from_start)
+
+    return await _act(gw, tenant, job_id, retry_job)
 
 
 async def _act(

@@ -1,9 +1,13 @@
--- cancel: a user asks to cancel. `scheduled`/`queued` end `cancelled` at once; a `running`
--- job gets `cancel_requested` and its worker stops the handler, then calls `cancelled`.
+-- cancel: a user asks to cancel. `scheduled`/`queued`/`waiting` end `cancelled` at once; a
+-- `running` job gets `cancel_requested` and its worker stops the handler, then calls
+-- `cancelled`. A `waiting` parent's unfinished children are cancelled by a `cancel_children`
+-- flow task written here (they may live in other slots): the caller carries it out at once,
+-- and the queue's workers again should the caller stop half-way.
 -- KEYS[1] jobs stream  KEYS[2] events stream  KEYS[3] job hash  KEYS[4] job events stream
--- KEYS[5] delayed zset
+-- KEYS[5] delayed zset  KEYS[6] flow stream  KEYS[7] waiting parents zset
 -- ARGV[5] reason
--- Returns {'cancelled'}, {'requested'}, {'missing'} or {'refused', status}.
+-- Returns {'cancelled', 1 if its children are to be cancelled else 0}, {'requested'},
+-- {'missing'} or {'refused', status}.
 --@include common
 
 local j = redis.call('HMGET', KEYS[3], 'status', 'entry_id', 'id', 'cancel_requested')
@@ -21,6 +25,10 @@ if not allowed(status, CANCELLED) then return {'refused', status} end
 
 if status == SCHEDULED then
   redis.call('ZREM', KEYS[5], j[3])
+elseif status == WAITING then
+  redis.call('ZREM', KEYS[7], j[3])
+  redis.call('XADD', KEYS[6], '*', 'task', TASK_CANCEL_CHILDREN, 'parent_id', j[3],
+    'reason', ARGV[5])
 else
   -- Not yet delivered: deleting the entry means no consumer ever sees it. Delivered but not
   -- started: its consumer's start finds the job cancelled and skips it.
@@ -30,5 +38,5 @@ local now = tostring(now_ms())
 redis.call('HSET', KEYS[3], 'status', CANCELLED, 'error', ARGV[5], 'finished_at', now,
   'updated_at', now)
 emit(KEYS[2], KEYS[3], KEYS[4], JOB_CANCELLED, {reason = ARGV[5]})
-expire_finished(KEYS[3], KEYS[4])
-return {CANCELLED}
+job_ended(KEYS[3], KEYS[4], CANCELLED)
+return {CANCELLED, status == WAITING and 1 or 0}

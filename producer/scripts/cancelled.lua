@@ -12,5 +12,5 @@ redis.call('HSET', KEYS[3], 'status', CANCELLED, 'error', ARGV[7], 'finished_at'
   'updated_at', now)
 end_delivery(KEYS[1], ARGV[5])
 emit(KEYS[2], KEYS[3], KEYS[4], JOB_CANCELLED, {reason = ARGV[7]})
-expire_finished(KEYS[3], KEYS[4])
+job_ended(KEYS[3], KEYS[4], CANCELLED)
 return 1

@@ -45,7 +45,7 @@ if status == RUNNING and j[7] == '1' then
     'finished_at', now, 'updated_at', now)
   end_delivery(KEYS[1], entry_id)
   emit(KEYS[2], KEYS[3], KEYS[4], JOB_CANCELLED, {reason = 'cancelled by request'})
-  expire_finished(KEYS[3], KEYS[4])
+  job_ended(KEYS[3], KEYS[4], CANCELLED)
   return {'skipped', CANCELLED}
 end
 

@@ -8,8 +8,17 @@ from pathlib import Path
 import pytest
 
 from producer.scripts import SCRIPT_DIR, SCRIPT_NAMES, lua_constants, script_source
-from schemas.events import EventType
-from schemas.keys import CONSUMER_GROUP, JOB_EVENTS_SUFFIX
+from schemas.events import EventType, StepState
+from schemas.keys import (
+    CONSUMER_GROUP,
+    FLOW_GROUP,
+    FLOW_SUFFIX,
+    JOB_CHILDREN_SUFFIX,
+    JOB_EVENTS_SUFFIX,
+    JOB_STEPS_SUFFIX,
+    TASK_CANCEL_CHILDREN,
+    TASK_CHILD_ENDED,
+)
 from schemas.status import JobStatus
 
 LUA_FILES = sorted([*SCRIPT_DIR.glob("*.lua"), *SCRIPT_DIR.glob("includes/*.lua")])
@@ -17,8 +26,16 @@ STRING_LITERAL = re.compile(r"'([^'\n]*)'|\"([^\"\n]*)\"")
 OWNED_BY_PYTHON = {
     *(s.value for s in JobStatus),
     *(e.value for e in EventType),
+    # (StepState's values are generated too, but `started` is also the start scripts' reply)
+    StepState.RESTORED.value,
     CONSUMER_GROUP,
+    FLOW_GROUP,
     JOB_EVENTS_SUFFIX,
+    JOB_STEPS_SUFFIX,
+    JOB_CHILDREN_SUFFIX,
+    FLOW_SUFFIX,
+    TASK_CHILD_ENDED,
+    TASK_CANCEL_CHILDREN,
 }
 
 

@@ -81,15 +81,34 @@ local function emit(events_key, job_key, job_events_key, event, data)
   return id
 end
 
--- The job has ended: keep its snapshot and history for RETENTION_S, its idempotency key for
--- IDEM_TTL_S, then let Redis forget them. `idem` is the hash's `idem_key` when the caller
--- already read it (false: the field is missing); omitted, it is read here.
-local function expire_finished(job_key, job_events_key, idem)
+-- The fields `job_ended` needs, in this order: read with the caller's own HMGET where it has
+-- one (the drain's `succeed` does), so a plain job pays no extra command for flows or steps.
+local ENDED_FIELDS = {'idem_key', 'steps', 'children', 'parent_id'}
+
+-- The queue's flow stream (`conveyor:{q}:flow`), from a job key of the same queue: the same
+-- slot, so a script of that queue may write it.
+local function flow_key_of(job_key)
+  return string.match(job_key, '^(.*):job:[^:]*$') .. FLOW_SUFFIX
+end
+
+-- The job has ended (the caller wrote its terminal status): keep its snapshot, history,
+-- steps and children for RETENTION_S, its idempotency key for IDEM_TTL_S, then let Redis
+-- forget them. A child tells its parent through a `child_ended` flow task in its own queue's
+-- flow stream, written here in the same step as its end: the parent may live on another
+-- queue, so in another cluster slot, and a worker carries the task there (at least once; the
+-- parent's `child_ended` script counts each child once). `f` is ENDED_FIELDS as the caller
+-- read them, or nil to read them here.
+local function job_ended(job_key, job_events_key, status, f)
+  f = f or redis.call('HMGET', job_key, unpack(ENDED_FIELDS))
   redis.call('EXPIRE', job_key, RETENTION_S)
   redis.call('EXPIRE', job_events_key, RETENTION_S)
-  if idem == nil then idem = redis.call('HGET', job_key, 'idem_key') end
-  if idem and idem ~= '' then
-    redis.call('EXPIRE', idem, IDEM_TTL_S)
+  if f[1] and f[1] ~= '' then redis.call('EXPIRE', f[1], IDEM_TTL_S) end
+  if f[2] == '1' then redis.call('EXPIRE', job_key .. JOB_STEPS_SUFFIX, RETENTION_S) end
+  if f[3] and f[3] ~= '' then redis.call('EXPIRE', job_key .. JOB_CHILDREN_SUFFIX, RETENTION_S) end
+  if f[4] and f[4] ~= '' then
+    local c = redis.call('HMGET', job_key, 'id', 'parent_queue', 'error')
+    redis.call('XADD', flow_key_of(job_key), '*', 'task', TASK_CHILD_ENDED, 'parent_queue', c[2],
+      'parent_id', f[4], 'child_id', c[1], 'status', status, 'error', c[3] or '')
   end
 end
 

@@ -13,5 +13,5 @@ local function dead_letter(events_key, job_key, job_events_key, dead_key, error_
   local data = {error = error_text, reason = reason, attempts = tonumber(j[3]), dead_lettered = true}
   for k, v in pairs(extra) do data[k] = v end
   emit(events_key, job_key, job_events_key, JOB_FAILED, data)
-  expire_finished(job_key, job_events_key)
+  job_ended(job_key, job_events_key, FAILED)
 end
