@@ -19,9 +19,10 @@ from consumers.steps import Steps, run_step
 
 if TYPE_CHECKING:
     from consumers.storage import JobStorage
-    from schemas.models import Artifact
+    from schemas.models import Artifact, SubmitRequest
 
 ProgressSink = Callable[[float | None, str | None, str | None], Awaitable[None]]
+Submitter = Callable[["SubmitRequest", str], Awaitable[str]]  # (request, idempotency key) -> id
 T = TypeVar("T")
 
 
@@ -40,6 +41,7 @@ class JobContext:
         storage: JobStorage | None,
         log: logging.LoggerAdapter[logging.Logger],
         steps: Steps | None = None,
+        submit: Submitter | None = None,
         min_progress_interval_s: float = 0.25,
     ) -> None:
         self.job_id = job_id
@@ -58,6 +60,8 @@ class JobContext:
         self._stage_since = self._started
         self._stage_seconds: dict[str, float] = {}
         self._steps = steps
+        self._submit = submit
+        self._submitted = 0
         # A parent's children as they ended, child id -> {type, status, result, error}: read
         # before the handler runs (empty for a job without children).
         self.children: dict[str, dict[str, Any]] = {}
@@ -95,6 +99,31 @@ class JobContext:
         While it runs, the job's stage is `name`. See consumers/steps.py."""
         self._enter_stage(name)
         return await run_step(self._require_steps(), name, fn, *args, **kwargs)
+
+    async def submit(
+        self,
+        job_type: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        **options: Any,
+    ) -> str:
+        """Submit a follow-up job (same tenant; this job's queue unless `queue=` says
+        otherwise; any other submit option as a keyword) and return its id. Idempotent per
+        (this job, `name`): a later attempt that submits under the same name gets the same
+        job back instead of a second one. Without `name`, the n-th unnamed submit of the
+        attempt is named `<type>#<n>`, which holds for a handler that submits in the same
+        order each time."""
+        from schemas.models import SubmitRequest
+
+        if self._submit is None:
+            raise RuntimeError("follow-up jobs are submitted from a job run by a worker")
+        if name is None:
+            self._submitted += 1
+            name = f"{job_type}#{self._submitted}"
+        options.setdefault("queue", self.queue)
+        request = SubmitRequest(type=job_type, payload=payload or {}, **options)
+        return await self._submit(request, f"{self.job_id}:{name}")
 
     def _require_steps(self) -> Steps:
         if self._steps is None:

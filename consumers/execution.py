@@ -20,7 +20,7 @@ from consumers.context import JobContext, ThreadContext
 from consumers.steps import Steps
 from producer import Delivery, Lease
 from schemas.errors import PermanentError
-from schemas.models import Artifact
+from schemas.models import Artifact, SubmitRequest
 from schemas.stream_id import entry_time_s
 from schemas.strict_json import NotStrictJson, check_json
 
@@ -136,6 +136,8 @@ class Runner:
                 await self.on_job_start(self.worker_ctx)
             # See consumers/supervision.py: one sweep stops every handler past its deadline.
             running.deadline = time.monotonic() + timeout_s
+            if d.parent:
+                ctx.children = await self.producer.children_of(d.queue, d.job_id)
             try:
                 if function.name in self.threaded:
                     result = await self.in_thread(function, ctx, d.payload)
@@ -196,6 +198,12 @@ class Runner:
             on_lease_lost=lambda: running.stop("lease_lost"),
             keep_artifact=storage.keep if storage is not None else lambda artifact: None,
         )
+
+        async def submit(request: SubmitRequest, key: str) -> str:
+            tenant = await self.producer.tenant_of(d.queue, d.job_id)
+            submitted = await self.producer.submit(request, tenant=tenant, idempotency_key=key)
+            return submitted.job_id
+
         return JobContext(
             job_id=d.job_id,
             queue=d.queue,
@@ -206,5 +214,6 @@ class Runner:
             storage=storage,
             log=log,
             steps=steps,
+            submit=submit,
             min_progress_interval_s=self.progress_interval_s,
         )

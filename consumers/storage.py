@@ -304,6 +304,29 @@ class Storage:
             await self._abort(upload)
         return len(uploads)
 
+    async def size_of(self, key: str) -> int | None:
+        """The stored object's size in bytes; None when there is no such object."""
+        try:
+            stat = await self._call(
+                "read an object's size", self._client.stat_object, self.bucket, key
+            )
+        except StorageError as exc:
+            if isinstance(exc.__cause__, S3Error) and exc.__cause__.code == "NoSuchKey":
+                return None
+            raise
+        return int(stat.size or 0)
+
+    async def read(self, key: str, chunk_size: int = 1024 * 1024) -> AsyncIterator[bytes]:
+        """The stored object's bytes, a chunk at a time: a step reads an earlier step's
+        output back without holding it in memory."""
+        response = await self._call("read an object", self._client.get_object, self.bucket, key)
+        try:
+            while chunk := await _in_thread(response.read, chunk_size):
+                yield chunk
+        finally:
+            response.close()
+            response.release_conn()
+
     def presigned_get_url(self, key: str, expires_s: int) -> str:
         return self._presigner.presigned_get_object(
             self.bucket, key, expires=timedelta(seconds=expires_s)
@@ -510,6 +533,18 @@ class JobStorage:
         artifact = await self.storage.upload(self.queue, self.job_id, name, chunks, content_type)
         self.keep(artifact)
         return artifact
+
+    def read(self, artifact: Artifact) -> AsyncIterator[bytes]:
+        """Stream a stored artifact back (one an earlier step of this job uploaded)."""
+        return self.storage.read(artifact.key)
+
+    async def verify(self, artifact: Artifact) -> None:
+        """Check that `artifact` (uploaded by this job, perhaps by an earlier attempt's step)
+        is still stored whole: a `StorageError` if it is missing or of another size."""
+        size = await self.storage.size_of(artifact.key)
+        if size != artifact.size:
+            found = "missing" if size is None else f"{size} bytes"
+            raise StorageError(f"{artifact.key}: expected {artifact.size} bytes, found {found}")
 
     def keep(self, artifact: Artifact) -> None:
         """Record `artifact` as this job's: one it uploaded now, or one a step of an earlier

@@ -17,8 +17,8 @@ from arq.worker import Function
 
 from consumers import metrics
 from consumers.hooks import FailureHooks, failure_hook
-from consumers.periodic import every
-from schemas.keys import FAILURE_GROUP
+from consumers.periodic import every, pause
+from schemas.keys import FAILURE_GROUP, FLOW_GROUP
 
 if TYPE_CHECKING:
     from consumers.lanes import Lanes
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("conveyor.worker")
 
 HEARTBEAT_S = 5.0
+REDIS_RETRY_S = 0.5
 
 
 class Upkeep:
@@ -113,6 +114,33 @@ class Upkeep:
             reclaim_idle_ms=int(w.settings.visibility_timeout_s * 1000),
         )
         await every(w.stopping, 0.1, runner.run_pending)  # paced by its 1 s block when idle
+
+    async def carry_flow_tasks(self) -> None:
+        """Carry the queue's flow tasks (producer/flows.py): tell parents their children
+        ended, cancel the children of cancelled or failed parents; and now and then check
+        that the children of long-waiting parents exist. Blocks on the flow stream, so a
+        parent is released as soon as its last child's end is written."""
+        w = self.worker
+        flows = w.producer.flows
+        await w.producer.ensure_group(w.queue, FLOW_GROUP)
+        check_every_s = min(5.0, w.settings.flow_check_s)
+        next_check = 0.0
+        while not w.stopping.is_set():
+            try:
+                await flows.carry(
+                    w.queue,
+                    w.consumer,
+                    block_ms=w.settings.block_ms,
+                    reclaim_idle_ms=int(w.settings.visibility_timeout_s * 1000),
+                )
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + check_every_s
+                    await flows.check_waiting(w.queue)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("flow tasks failed; retrying in %.1fs", REDIS_RETRY_S)
+                await pause(w.stopping, REDIS_RETRY_S)
 
     async def forget_gone_consumers(self) -> None:
         w = self.worker

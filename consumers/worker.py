@@ -194,6 +194,7 @@ class ConveyorWorker(Worker):
                 self.supervision.watch_cancels,
                 self.supervision.enforce_timeouts,
                 self.upkeep.run_failure_hooks,
+                self.upkeep.carry_flow_tasks,
                 self.upkeep.forget_gone_consumers,
                 self.upkeep.heartbeat,
             )

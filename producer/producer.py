@@ -17,11 +17,12 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from producer.flows import Flows
 from producer.reads import Reads
 from producer.scripts import Call, Scripts
 from schemas.errors import IdempotencyConflict, JobNotFound, TransitionRefused
 from schemas.events import StepState
-from schemas.keys import CONSUMER_GROUP, FAILURE_GROUP, QueueKeys
+from schemas.keys import CONSUMER_GROUP, FAILURE_GROUP, FLOW_GROUP, QueueKeys
 from schemas.models import Artifact, SubmitRequest
 from schemas.settings import Settings
 from schemas.status import JobStatus
@@ -53,6 +54,14 @@ def dumps(value: Any) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class JobRef:
+    """Where a job is: its queue (so its keys' slot) and its id."""
+
+    queue: str
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Submitted:
     job_id: str
     queue: str
@@ -70,6 +79,7 @@ class Delivery:
     type: str
     payload: dict[str, Any]
     timeout_s: float | None  # None: the handler's declared timeout, else the default
+    parent: bool = False  # it has children: its handler gets them as `ctx.children`
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +119,9 @@ class Producer(Reads):
     def __init__(self, redis: Redis, settings: Settings) -> None:
         super().__init__(redis, settings)
         self.scripts = Scripts(redis)
-        self._config = [
+        self.flows = Flows(self)
+        # The four leading arguments of every script (scripts/includes/common.lua).
+        self.config = [
             settings.events_maxlen,
             settings.job_events_maxlen,
             settings.job_retention_s,
@@ -122,10 +134,11 @@ class Producer(Reads):
 
     async def ensure_group(self, queue: str, group: str = CONSUMER_GROUP) -> None:
         """Create a consumer group on the queue's jobs stream (or, for `on_failure`, its
-        dead-letter stream) if missing, with the stream. It starts from the beginning so
-        entries added before the first consumer existed are not skipped."""
-        stream = self.keys(queue).jobs if group == CONSUMER_GROUP else self.keys(queue).dead
-        assert group in (CONSUMER_GROUP, FAILURE_GROUP), group
+        dead-letter stream; for `flow`, its flow stream) if missing, with the stream. It
+        starts from the beginning so entries added before the first consumer existed are
+        not skipped."""
+        k = self.keys(queue)
+        stream = {CONSUMER_GROUP: k.jobs, FAILURE_GROUP: k.dead, FLOW_GROUP: k.flow}[group]
         try:
             await self.redis.xgroup_create(stream, group, id="0", mkstream=True)
         except ResponseError as exc:
@@ -137,6 +150,8 @@ class Producer(Reads):
     async def submit(
         self, request: SubmitRequest, *, tenant: str = "", idempotency_key: str | None = None
     ) -> Submitted:
+        if request.children:
+            return await self.flows.submit(request, tenant, idempotency_key)
         created, job_id = await self.scripts.run(
             "submit", *self._submit_call(request, tenant, idempotency_key)
         )
@@ -147,14 +162,31 @@ class Producer(Reads):
     async def submit_many(
         self, requests: Sequence[SubmitRequest], *, tenant: str = ""
     ) -> list[str]:
-        """Submit in one round trip (benchmarks, bulk loads). Returns the job ids."""
-        calls = [("submit", *self._submit_call(r, tenant, None)) for r in requests]
-        return [job_id for _, job_id in await self.scripts.run_many(calls)]
+        """Submit in one round trip (benchmarks, bulk loads); a flow among them in its own
+        (one per level). Returns the job ids."""
+        ids: dict[int, str] = {}
+        for i, request in enumerate(requests):
+            if request.children:
+                ids[i] = (await self.flows.submit(request, tenant, None)).job_id
+        singles = [(i, r) for i, r in enumerate(requests) if i not in ids]
+        calls = [("submit", *self._submit_call(r, tenant, None)) for _, r in singles]
+        replies = await self.scripts.run_many(calls) if calls else []
+        ids.update((i, job_id) for (i, _), (_, job_id) in zip(singles, replies, strict=True))
+        return [ids[i] for i in range(len(requests))]
 
     def _submit_call(
-        self, request: SubmitRequest, tenant: str, idempotency_key: str | None
+        self,
+        request: SubmitRequest,
+        tenant: str,
+        idempotency_key: str | None,
+        *,
+        job_id: str | None = None,
+        parent: JobRef | None = None,
+        children: Sequence[JobRef] = (),
     ) -> tuple[list[str], list[Any]]:
-        job_id = new_job_id()
+        """The submit script's keys and arguments; for a job of a flow, its `parent` and
+        its `children` (ids chosen beforehand: the parent lists them when it is created)."""
+        job_id = job_id or new_job_id()
         k, job_key, job_events_key = self._job_keys(request.queue, job_id)
         keys = [
             k.jobs,
@@ -164,9 +196,11 @@ class Producer(Reads):
             k.delayed,
             k.idempotency(tenant, idempotency_key or ""),
             k.tenant_jobs(tenant),
+            k.job_children(job_id),
+            k.waiting,
         ]
         args = [
-            *self._config,
+            *self.config,
             job_id,
             request.queue,
             request.type,
@@ -179,18 +213,38 @@ class Producer(Reads):
             int(request.delay_s * 1000),
             k.job_prefix,
             "1" if idempotency_key else "0",
+            parent.job_id if parent else "",
+            parent.queue if parent else "",
+            request.on_child_failure,
+            int((time.time() + self.settings.flow_check_s) * 1000),
         ]
+        for child in children:
+            args += (child.job_id, child.queue)
         return keys, args
 
     async def cancel(self, queue: str, job_id: str, reason: str = "cancelled by request") -> str:
-        """`cancelled` (it ended now) or `requested` (it is running; its worker will stop it)."""
+        """`cancelled` (it ended now) or `requested` (it is running; its worker will stop it).
+        A parent's unfinished descendants are cancelled with it; a child's parent hears of
+        its end at once."""
+        outcome = await self.cancel_one(queue, job_id, reason)
+        if outcome == "cascade":
+            await self.flows.cancel_children(queue, job_id, reason)
+            outcome = JobStatus.CANCELLED
+        if outcome == JobStatus.CANCELLED:
+            await self.flows.tell_parent_of(queue, job_id)
+        return outcome
+
+    async def cancel_one(self, queue: str, job_id: str, reason: str) -> str:
+        """The cancel script alone: `cancelled`, `requested`, or `cascade` (a waiting parent
+        was cancelled: its children are to be cancelled next)."""
         k, job_key, job_events_key = self._job_keys(queue, job_id)
         outcome = await self.scripts.run(
             "cancel",
-            keys=[k.jobs, k.events, job_key, job_events_key, k.delayed],
-            args=[*self._config, reason],
+            keys=[k.jobs, k.events, job_key, job_events_key, k.delayed, k.flow, k.waiting],
+            args=[*self.config, reason],
         )
-        return self._outcome(job_id, "cancel", outcome)
+        result = self._outcome(job_id, "cancel", outcome)
+        return "cascade" if result == JobStatus.CANCELLED and outcome[1] else result
 
     async def retry(self, queue: str, job_id: str, *, from_start: bool = False) -> str:
         """Re-run an ended job. It resumes after its last recorded step; `from_start`
@@ -206,7 +260,7 @@ class Producer(Reads):
                 k.job_steps(job_id),
                 k.job_children(job_id),
             ],
-            args=[*self._config, "1" if from_start else "0"],
+            args=[*self.config, "1" if from_start else "0"],
         )
         return self._outcome(job_id, "retry", outcome)
 
@@ -234,7 +288,7 @@ class Producer(Reads):
             keys = [k.jobs, k.events]
             for _, job_id in chunk:
                 keys += (k.job(job_id), k.job_events(job_id))
-            calls.append((keys, [*self._config, consumer, *(entry_id for entry_id, _ in chunk)]))
+            calls.append((keys, [*self.config, consumer, *(entry_id for entry_id, _ in chunk)]))
         results = await self._run_batches("start", calls)
         return [
             self._delivery(queue, job_id, entry_id, result[1:])
@@ -249,7 +303,7 @@ class Producer(Reads):
 
     @staticmethod
     def _delivery(queue: str, job_id: str, entry_id: str, row: list[Any]) -> Delivery:
-        attempt, job_type, payload, timeout_s = row
+        attempt, job_type, payload, timeout_s, children = row
         return Delivery(
             queue=queue,
             job_id=job_id,
@@ -258,6 +312,7 @@ class Producer(Reads):
             type=job_type,
             payload=json.loads(payload),
             timeout_s=float(timeout_s) if timeout_s else None,
+            parent=bool(children),
         )
 
     async def progress(
@@ -274,7 +329,7 @@ class Producer(Reads):
             "progress",
             keys=[k.events, job_key, job_events_key],
             args=[
-                *self._config,
+                *self.config,
                 attempt,
                 "" if percent is None else f"{max(0.0, min(100.0, percent)):g}",
                 stage or "",
@@ -293,7 +348,7 @@ class Producer(Reads):
         reply = await self.scripts.run(
             "step",
             keys=[k.events, job_key, job_events_key, k.job_steps(delivery.job_id)],
-            args=[*self._config, delivery.attempt, name, StepState.STARTED, max_steps],
+            args=[*self.config, delivery.attempt, name, StepState.STARTED, max_steps],
         )
         return str(reply[0]), (json.loads(reply[1]) if len(reply) > 1 else None)
 
@@ -318,7 +373,7 @@ class Producer(Reads):
         reply = await self.scripts.run(
             "step",
             keys=[k.events, job_key, job_events_key, k.job_steps(delivery.job_id)],
-            args=[*self._config, delivery.attempt, name, *tail],
+            args=[*self.config, delivery.attempt, name, *tail],
         )
         return str(reply[0]) == "recorded"
 
@@ -350,7 +405,7 @@ class Producer(Reads):
         calls = []
         for chunk in _chunks(outcomes, SCRIPT_BATCH):
             keys = [k.jobs, k.events]
-            args: list[Any] = [*self._config]
+            args: list[Any] = [*self.config]
             for delivery, result, artifacts in chunk:
                 result_json = dumps(result)
                 artifacts_json = dumps([a.model_dump() for a in artifacts]) if artifacts else "[]"
@@ -380,7 +435,7 @@ class Producer(Reads):
         k = self.keys(queue)
         calls = [("succeed", keys, args) for keys, args in self._succeed_calls(queue, finished)]
         if count > 0:
-            args = [*self._config, consumer, count, k.job_prefix]
+            args = [*self.config, consumer, count, k.job_prefix]
             calls.append(("take", [k.jobs, k.events], args))
         replies = await self.scripts.run_many(calls) if calls else []
         written = [bool(w) for reply in replies[: len(calls) - (count > 0)] for w in reply]
@@ -406,7 +461,7 @@ class Producer(Reads):
             "fail",
             keys=[k.jobs, k.events, job_key, job_events_key, k.delayed, k.dead],
             args=[
-                *self._config,
+                *self.config,
                 delivery.entry_id,
                 delivery.attempt,
                 error,
@@ -422,7 +477,7 @@ class Producer(Reads):
         written = await self.scripts.run(
             "cancelled",
             keys=[k.jobs, k.events, job_key, job_events_key],
-            args=[*self._config, delivery.entry_id, delivery.attempt, reason],
+            args=[*self.config, delivery.entry_id, delivery.attempt, reason],
         )
         return bool(written)
 
@@ -435,7 +490,7 @@ class Producer(Reads):
             (
                 "renew",
                 [k.jobs, k.job(lease.job_id)],
-                [*self._config, lease.entry_id, consumer, lease.attempt],
+                [*self.config, lease.entry_id, consumer, lease.attempt],
             )
             for lease in leases
         ]
@@ -457,7 +512,7 @@ class Producer(Reads):
         """Move due delayed jobs to the stream. Returns (moved, next due time in ms or None)."""
         k = self.keys(queue)
         moved, next_due = await self.scripts.run(
-            "promote", keys=[k.delayed, k.jobs, k.events], args=[*self._config, limit, k.job_prefix]
+            "promote", keys=[k.delayed, k.jobs, k.events], args=[*self.config, limit, k.job_prefix]
         )
         return int(moved), (None if int(next_due) < 0 else int(next_due))
 
@@ -491,7 +546,7 @@ class Producer(Reads):
             (
                 "reclaim",
                 [k.jobs, k.events, k.job(job_id), k.job_events(job_id), k.dead],
-                [*self._config, entry_id, consumer, min_idle_ms, max_deliveries],
+                [*self.config, entry_id, consumer, min_idle_ms, max_deliveries],
             )
             for entry_id, job_id in claimable
         ]
@@ -516,6 +571,15 @@ class Producer(Reads):
         `ttl_s`. The worker writes it from its loop, its keeper when the loop is stalled."""
         await self.redis.psetex(key, int(ttl_s * 1000), info)
 
+    async def ack_flow_tasks(self, queue: str, entry_ids: Sequence[str]) -> None:
+        """Flow tasks carried out: acknowledged and deleted, so the stream holds only what is
+        still to do."""
+        flow = self.keys(queue).flow
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xack(flow, FLOW_GROUP, *entry_ids)
+            pipe.xdel(flow, *entry_ids)
+            await pipe.execute()
+
     async def ack_dead_letter(self, queue: str, entry_id: str) -> None:
         await self.redis.xack(self.keys(queue).dead, FAILURE_GROUP, entry_id)
 
@@ -534,7 +598,11 @@ class Producer(Reads):
         seen = await self.redis.hgetall(k.consumer_seen())  # type: ignore[misc]
         cutoff_ms = (time.time() - idle_cleanup_s) * 1000
         removed = []
-        for stream, group in ((k.jobs, CONSUMER_GROUP), (k.dead, FAILURE_GROUP)):
+        for stream, group in (
+            (k.jobs, CONSUMER_GROUP),
+            (k.dead, FAILURE_GROUP),
+            (k.flow, FLOW_GROUP),
+        ):
             try:
                 consumers = await self.redis.xinfo_consumers(stream, group)
             except ResponseError:  # no such group (yet)

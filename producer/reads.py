@@ -8,6 +8,7 @@ One decoding rule: the store's clients decode replies (`decode_responses=True`, 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -319,16 +320,69 @@ class Reads:
         """Dead-letter entries for this consumer's `on_failure` hooks, in their own group:
         new ones first, else ones a consumer that died mid-hook left unacknowledged. An
         entry trimmed while pending comes with empty fields."""
-        dead = self.keys(queue).dead
+        return await self.group_rows(
+            self.keys(queue).dead, FAILURE_GROUP, consumer, count, block_ms, reclaim_idle_ms
+        )
+
+    async def group_rows(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        count: int,
+        block_ms: int,
+        reclaim_idle_ms: int,
+    ) -> EventRows:
+        """Entries of a stream read in a group (dead letters, flow tasks): new ones first,
+        waiting up to `block_ms`, else ones a consumer that died left unacknowledged. An
+        entry deleted while pending comes with empty fields."""
         reply = await self.redis.xreadgroup(
-            FAILURE_GROUP, consumer, {dead: ">"}, count=count, block=block_ms
+            group, consumer, {stream: ">"}, count=count, block=block_ms
         )
         rows = [row for _, stream_rows in reply or () for row in stream_rows]
         if not rows:
             _, rows, _ = await self.redis.xautoclaim(
-                dead, FAILURE_GROUP, consumer, reclaim_idle_ms, count=count
+                stream, group, consumer, reclaim_idle_ms, count=count
             )
         return [(entry_id, fields or {}) for entry_id, fields in rows]
+
+    # --- flows ---------------------------------------------------------------------------
+
+    async def tenant_of(self, queue: str, job_id: str) -> str:
+        tenant = await self.redis.hget(self.keys(queue).job(job_id), "tenant")  # type: ignore[misc]
+        return tenant or ""
+
+    async def child_states(
+        self, queue: str, job_ids: Sequence[str]
+    ) -> list[tuple[str | None, str]]:
+        """(status, error) of each job, status None for one that does not exist."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hmget(self.keys(queue).job(job_id), ["status", "error"])
+            replies = await pipe.execute()
+        return [(status, error or "") for status, error in replies]
+
+    async def children_of(self, queue: str, job_id: str) -> dict[str, dict[str, Any]]:
+        """A parent's children as its handler sees them (`ctx.children`): child id ->
+        {type, status, result, error}. A child whose snapshot expired keeps the status its
+        parent recorded, without its result."""
+        records = await self.redis.hgetall(self.keys(queue).job_children(job_id))  # type: ignore[misc]
+        refs = [(json.loads(raw)["queue"], child_id) for child_id, raw in records.items()]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for child_queue, child_id in refs:
+                pipe.hmget(
+                    self.keys(child_queue).job(child_id), ["type", "status", "result", "error"]
+                )
+            replies = await pipe.execute()
+        children = {}
+        for (_, child_id), (job_type, status, result, error) in zip(refs, replies, strict=True):
+            children[child_id] = {
+                "type": job_type,
+                "status": status or json.loads(records[child_id])["status"],
+                "result": json.loads(result) if result else None,
+                "error": error or None,
+            }
+        return children
 
     # --- the queue at a glance ------------------------------------------------------------
 
@@ -372,13 +426,16 @@ class Reads:
         )
 
     async def drained(self, queue: str) -> bool:
-        """Nothing in the jobs stream (undelivered or pending anywhere), nothing delayed."""
+        """Nothing in the jobs stream (undelivered or pending anywhere), nothing delayed, no
+        parent waiting for its children, no flow task left to carry out."""
         k = self.keys(queue)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xlen(k.jobs)
             pipe.zcard(k.delayed)
-            stream_len, delayed = await pipe.execute()
-        return int(stream_len) == 0 and int(delayed) == 0
+            pipe.zcard(k.waiting)
+            pipe.xlen(k.flow)
+            counts = await pipe.execute()
+        return not any(map(int, counts))
 
     # --- Redis itself ---------------------------------------------------------------------
 

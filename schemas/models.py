@@ -6,9 +6,9 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.events import EventType, StepState
 from schemas.status import JobStatus
@@ -16,6 +16,9 @@ from schemas.strict_json import MAX_JSON_DEPTH, check_json
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 JOB_TYPE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+MAX_CHILDREN = 1000  # per parent, in one submit
+MAX_FLOW_DEPTH = 4  # levels of children below the job submitted
+MAX_FLOW_JOBS = 10_000  # jobs in one submitted flow, all levels
 # What `producer.new_job_id` makes. A path's job id is checked against it before it is spelled
 # into a key: `<id>:events` once named the job's events stream and answered WRONGTYPE (500).
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -35,12 +38,57 @@ class SubmitRequest(BaseModel):
     delay_s: float = Field(default=0, ge=0, le=365 * 24 * 3600)
     max_attempts: int | None = Field(default=None, ge=1, le=100)
     timeout_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+    children: list[SubmitRequest] = Field(
+        default_factory=list,
+        max_length=MAX_CHILDREN,
+        description=(
+            "jobs that run first: this one waits (`waiting`) until every child has ended. "
+            f"Each is a submit body (its own `children` allowed), {MAX_CHILDREN} per parent, "
+            f"{MAX_FLOW_DEPTH} levels; a child without `queue` goes to its parent's"
+        ),
+    )
+    on_child_failure: Literal["fail", "continue"] = Field(
+        default="fail",
+        description="a child failed or was cancelled: `fail` this job at once (and cancel "
+        "its other unfinished children), or `continue` and run it with the failure visible",
+    )
 
     @field_validator("payload")
     @classmethod
     def _strict_json(cls, value: dict[str, Any]) -> dict[str, Any]:
         check_json(value, "payload")
         return value
+
+    @model_validator(mode="after")
+    def _a_flow_fits(self) -> SubmitRequest:
+        if self.children and self.delay_s:
+            raise ValueError("delay_s: a job with children starts when they end, not later")
+        if self.children and self.flow_depth() > MAX_FLOW_DEPTH:
+            raise ValueError(f"children: at most {MAX_FLOW_DEPTH} levels of children")
+        if self.children and self.flow_size() > MAX_FLOW_JOBS:
+            raise ValueError(f"children: at most {MAX_FLOW_JOBS} jobs in one flow")
+        return self
+
+    def with_queues(self, default: str) -> SubmitRequest:
+        """This request with every queue of its flow spelled out: its own `default` unless
+        it named one, a child's its parent's unless it named one."""
+        queue = self.queue if "queue" in self.model_fields_set else default
+        if not self.children:  # the common case, on every submit: no copy when none is due
+            return self if queue == self.queue else self.model_copy(update={"queue": queue})
+        children = [child.with_queues(queue) for child in self.children]
+        return self.model_copy(update={"queue": queue, "children": children})
+
+    def flow(self) -> list[SubmitRequest]:
+        """Every job of this request's flow, itself first, parents before their children."""
+        return [self, *(job for child in self.children for job in child.flow())]
+
+    def flow_depth(self) -> int:
+        """Levels of children below this job (0: none)."""
+        return 1 + max(c.flow_depth() for c in self.children) if self.children else 0
+
+    def flow_size(self) -> int:
+        """Jobs in this job's flow, itself included."""
+        return 1 + sum(c.flow_size() for c in self.children)
 
 
 class Artifact(BaseModel):

@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     # An event loop blocked this long is logged with the job and the blocking stack.
     loop_stall_warn_s: float = 1.0
     consumer_idle_cleanup_s: float = 3600.0
+    # Flows: a waiting parent's children are first checked to exist this long after it was
+    # created, then hourly. A submit cut short (a gateway killed between creating a parent
+    # and its children) leaves children that never will; they count as cancelled, so no
+    # parent waits forever.
+    flow_check_s: float = Field(default=60.0, gt=0)
 
     # Retention.
     events_maxlen: int = 100_000

@@ -144,6 +144,40 @@ async def twice(ctx: JobContext) -> None:
     await ctx.step("same", lambda: 2)
 
 
+# --- flows ----------------------------------------------------------------------------------
+
+
+async def tick(ctx: JobContext, i: int, seconds: float = 0.0, path: str = "") -> dict[str, int]:
+    """A child: appends `job_id i` to `path` when it runs, lingers, returns its number."""
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{ctx.job_id} {i}\n")
+    if seconds:
+        await asyncio.sleep(seconds)
+    return {"i": i}
+
+
+async def gather(
+    ctx: JobContext, path: str = "", follow_up: str = "", fail_first: bool = False
+) -> dict[str, Any]:
+    """A parent: appends `job_id attempt` to `path` when it runs; returns what it saw of its
+    children. With `follow_up`, submits one follow-up job of that type (idempotently), then
+    fails its first attempt when `fail_first`."""
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{ctx.job_id} {ctx.attempt}\n")
+    statuses: dict[str, int] = {}
+    for child in ctx.children.values():
+        statuses[child["status"]] = statuses.get(child["status"], 0) + 1
+    seen = sorted(c["result"]["i"] for c in ctx.children.values() if c["result"] is not None)
+    out: dict[str, Any] = {"statuses": statuses, "results": seen}
+    if follow_up:
+        out["follow_up"] = await ctx.submit(follow_up, {"i": -1}, name="next")
+        if fail_first and ctx.attempt == 1:
+            raise RetryableError("after submitting")
+    return out
+
+
 # --- heavy handlers: blocking, CPU-bound, in child processes ------------------------------
 
 
@@ -241,4 +275,6 @@ class WorkerSettings:
         func(pipeline, name="pipeline"),  # type: ignore[arg-type]
         pipeline_def,
         func(twice, name="twice"),  # type: ignore[arg-type]
+        func(tick, name="tick"),  # type: ignore[arg-type]
+        func(gather, name="gather"),  # type: ignore[arg-type]
     ]

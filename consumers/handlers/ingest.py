@@ -27,6 +27,7 @@ import httpx
 
 from consumers.context import JobContext
 from consumers.errors import PermanentError, RetryableError
+from schemas.models import Artifact
 from schemas.settings import Settings, get_settings
 
 __all__ = ["IngestError", "IngestRefused", "blocked_reason", "ingest_url"]
@@ -220,7 +221,11 @@ async def ingest_url(
 ) -> dict[str, Any]:
     """Stream `url`'s body into this job's storage as `name` (default: the URL's last path
     segment), refusing more than `max_bytes`. `CONVEYOR_INGEST_MAX_BYTES` is the operator's
-    cap: a payload's `max_bytes` may lower it, never raise it."""
+    cap: a payload's `max_bytes` may lower it, never raise it.
+
+    Two steps: `fetch` (download and upload, the long one) and `verify` (the object is in
+    S3, whole). A retry after a failed `verify`, or a crash after `fetch`, does not download
+    again: the stored artifact is the fetch step's recorded result."""
     settings: Settings = ctx.get("settings") or get_settings()
     limit = settings.ingest_max_bytes
     if max_bytes is not None:
@@ -235,7 +240,13 @@ async def ingest_url(
     except httpx.InvalidURL as exc:
         raise IngestRefused(f"not a URL: {exc}") from exc
     _check_scheme(target)
+    artifact: Artifact = await ctx.step("fetch", _fetch, ctx, settings, target, name, limit)
+    return await ctx.step("verify", _verify, ctx, artifact)  # type: ignore[no-any-return]
 
+
+async def _fetch(
+    ctx: JobContext, settings: Settings, target: httpx.URL, name: str | None, limit: int
+) -> Artifact:
     timeout = httpx.Timeout(
         connect=settings.ingest_connect_timeout_s,
         read=settings.ingest_read_timeout_s,
@@ -264,9 +275,14 @@ async def ingest_url(
     except httpx.UnsupportedProtocol as exc:
         raise IngestRefused(str(exc)) from exc
     except httpx.HTTPError as exc:  # network, timeouts, protocol errors
-        raise IngestError(f"fetching {url} failed: {type(exc).__name__}: {exc}") from exc
-
+        raise IngestError(f"fetching {target} failed: {type(exc).__name__}: {exc}") from exc
     await ctx.progress(100, stage="downloading", message=f"{artifact.size} bytes stored")
+    return artifact
+
+
+async def _verify(ctx: JobContext, artifact: Artifact) -> dict[str, Any]:
+    """The stored object is there, whole: what the job's result then records."""
+    await ctx.storage.verify(artifact)
     return {
         "artifact": artifact.name,
         "key": artifact.key,

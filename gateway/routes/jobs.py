@@ -96,14 +96,15 @@ async def submit(
 
 
 def _accepted(gw: Gateway, body: SubmitRequest) -> SubmitRequest:
-    """The body with its queue defaulted, once its queue and type are known here."""
+    """The body with its queues defaulted (the first configured queue; a child's parent's),
+    once every job of it has a queue and a type known here."""
     settings = gw.settings
-    if "queue" not in body.model_fields_set:  # the first configured queue is the default
-        body = body.model_copy(update={"queue": settings.queues[0]})
-    if body.queue not in settings.queues:
-        raise QueueNotConfigured(body.queue, settings.queues)
-    if body.type not in gw.job_types:
-        raise UnknownJobType(body.type, sorted(gw.job_types))
+    body = body.with_queues(settings.queues[0])
+    for job in body.flow():
+        if job.queue not in settings.queues:
+            raise QueueNotConfigured(job.queue, settings.queues)
+        if job.type not in gw.job_types:
+            raise UnknownJobType(job.type, sorted(gw.job_types))
     return body
 
 

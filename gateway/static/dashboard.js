@@ -18,13 +18,15 @@ const RECONNECT_MAX_MS = 30000;
 const EVENT_TYPES = [
   "job.scheduled", "job.queued", "job.started", "job.progress", "job.retrying",
   "job.reclaimed", "job.cancel_requested", "job.succeeded", "job.failed", "job.cancelled",
+  "job.step", "job.waiting", "job.child_ended",
 ];
 // Events whose data does not carry everything the table shows (error, result, artifacts):
 // after one of these the job's snapshot is read again.
 const REFETCH_AFTER = new Set([
   "job.retrying", "job.reclaimed", "job.succeeded", "job.failed", "job.cancelled",
+  "job.child_ended",
 ]);
-const CANCELLABLE = new Set(["scheduled", "queued", "running"]);
+const CANCELLABLE = new Set(["scheduled", "waiting", "queued", "running"]);
 const RETRYABLE = new Set(["failed", "cancelled"]);
 const DEFAULT_PAYLOADS = {
   noop: { hello: "world" },
@@ -162,12 +164,32 @@ function cells(job) {
     idCell,
     el("td", {}, job.type),
     statusCell,
-    el("td", {}, job.stage || "—"),
+    stageCell(job),
     progressCell,
     el("td", { className: "error" }, job.error || ""),
     artifacts,
     actions,
   ];
+}
+
+// The stage, which is the current step's name while a step runs; for a multi-step job, how
+// many of its steps are done; for a parent, how its children stand.
+function stageCell(job) {
+  const notes = [];
+  const steps = job.steps || [];
+  if (steps.length) {
+    const done = steps.filter((s) => s.state === "succeeded").length;
+    notes.push(`step ${done}/${steps.length} done`);
+  }
+  const children = job.children;
+  if (children) {
+    const ended = children.total - children.pending;
+    let text = `${ended}/${children.total} children ended`;
+    if (children.failed) text += `, ${children.failed} failed`;
+    notes.push(text);
+  }
+  return el("td", {}, job.stage || "—",
+    notes.length ? el("div", { className: "note" }, notes.join("; ")) : null);
 }
 
 function renderRow(job) {
@@ -215,6 +237,11 @@ function onEvent(message) {
   if (typeof data.progress === "number") job.progress = data.progress;
   if (data.stage !== undefined) job.stage = data.stage;
   if (data.message !== undefined) job.message = data.message;
+  if (event.event === "job.step") {
+    if (data.state === "started") job.stage = data.step;
+    const steps = (job.steps || []).filter((s) => s.name !== data.step);
+    job.steps = [...steps, { name: data.step, state: data.state === "restored" ? "succeeded" : data.state }];
+  }
   if (event.event === "job.cancel_requested") job.cancel_requested = true;
   // A job queued or started again (a retry) starts afresh, as its hash does; this event may
   // arrive before the retry's own response, which is then older than what we show.

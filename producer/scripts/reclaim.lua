@@ -5,7 +5,7 @@
 -- KEYS[1] jobs stream  KEYS[2] events stream  KEYS[3] job hash  KEYS[4] job events stream
 -- KEYS[5] dead-letter stream
 -- ARGV[5] entry id  ARGV[6] consumer  ARGV[7] min idle ms  ARGV[8] max deliveries
--- Returns {'running', attempt, type, payload, timeout_s} when this consumer must run the job
+-- Returns {'running', attempt, type, payload, timeout_s, children} when this consumer must run the job
 -- now, else {'skipped', reason} or {'dead', deliveries}.
 --@include common
 --@include dead_letter
@@ -20,7 +20,7 @@ if not claimed[1] then
 end
 
 local j = redis.call('HMGET', KEYS[3], 'status', 'entry_id', 'type', 'payload', 'timeout_s',
-  'owner', 'cancel_requested')
+  'owner', 'cancel_requested', 'children')
 local status = j[1]
 if not status or j[2] ~= entry_id or TERMINAL[status] then
   end_delivery(KEYS[1], entry_id)
@@ -61,4 +61,4 @@ if status == RUNNING then
 else
   emit(KEYS[2], KEYS[3], KEYS[4], JOB_STARTED, {owner = consumer, deliveries = deliveries})
 end
-return {RUNNING, attempt, j[3], j[4], j[5]}
+return {RUNNING, attempt, j[3], j[4], j[5], j[8]}

@@ -5,7 +5,7 @@
 -- KEYS[1] jobs stream  KEYS[2] events stream
 -- KEYS[1+2i] job hash  KEYS[2+2i] job events stream, for the i-th entry (i = 1..n)
 -- ARGV[5] consumer name  ARGV[5+i] the i-th entry id
--- Returns, per entry in order, {'started', attempt, type, payload, timeout_s} or
+-- Returns, per entry in order, {'started', attempt, type, payload, timeout_s, children} or
 -- {'skipped', reason}.
 --@include common
 --@include start_job

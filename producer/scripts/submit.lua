@@ -1,10 +1,15 @@
--- submit: create a job, `queued` (appended to the jobs stream) or `scheduled` (delayed set).
+-- submit: create a job, `queued` (appended to the jobs stream), `scheduled` (delayed set) or,
+-- a parent of a flow, `waiting` for its children (listed in its children hash, `pending`
+-- each, until their ends reach it: see child_ended.lua).
 -- KEYS[1] jobs stream      KEYS[2] events stream   KEYS[3] job hash   KEYS[4] job events stream
 -- KEYS[5] delayed zset     KEYS[6] idempotency key ('' semantics: ARGV[14] == '0')
--- KEYS[7] tenant's job index zset
+-- KEYS[7] tenant's job index zset  KEYS[8] children hash  KEYS[9] waiting parents zset
 -- ARGV[5] job_id  ARGV[6] queue  ARGV[7] type  ARGV[8] tenant  ARGV[9] payload JSON
 -- ARGV[10] max_attempts  ARGV[11] timeout_s  ARGV[12] delay_ms  ARGV[13] job key prefix
 -- ARGV[14] '1' if an Idempotency-Key was given
+-- ARGV[15] parent id ('' for none)  ARGV[16] parent queue  ARGV[17] on_child_failure
+-- ARGV[18] when to check first that its children exist (ms)
+-- ARGV[19..] its children, as pairs: child id, child queue
 -- Returns {1, job_id} when created, {0, existing_job_id} for a repeated Idempotency-Key,
 -- {-1, ''} when the key names another tenant's job (nothing written).
 --@include common
@@ -32,7 +37,15 @@ local ts = tostring(now)
 -- written once (a read-back `emit` and three HSETs cost a submit 20% more). `wait_field`
 -- says where it waits: its entry in the jobs stream, or its due time.
 local status, event, data, wait_field, wait_value = QUEUED, JOB_QUEUED, '{}', 'entry_id', nil
-if delay_ms > 0 then
+local children = (#ARGV - 18) / 2
+if children > 0 then
+  status, event, data = WAITING, JOB_WAITING, '{"children":' .. children .. '}'
+  wait_field, wait_value = 'children', tostring(children)
+  for i = 19, #ARGV, 2 do
+    redis.call('HSET', KEYS[8], ARGV[i], cjson.encode({queue = ARGV[i + 1], status = 'pending'}))
+  end
+  redis.call('ZADD', KEYS[9], ARGV[18], job_id)
+elseif delay_ms > 0 then
   local due = tostring(now + delay_ms)
   status, event, data = SCHEDULED, JOB_SCHEDULED, '{"due_at":' .. due .. '}'
   wait_field, wait_value = 'due_at', due
@@ -48,6 +61,12 @@ redis.call('HSET', KEYS[3],
   'timeout_s', ARGV[11], 'progress', '0', 'cancel_requested', '0',
   'created_at', ts, 'updated_at', ts, 'idem_key', (ARGV[14] == '1') and KEYS[6] or '',
   wait_field, wait_value, 'last_event_id', id)
+if children > 0 then
+  redis.call('HSET', KEYS[3], 'children_pending', wait_value, 'on_child_failure', ARGV[17])
+end
+if ARGV[15] ~= '' then
+  redis.call('HSET', KEYS[3], 'parent_id', ARGV[15], 'parent_queue', ARGV[16])
+end
 redis.call('ZADD', KEYS[7], now, job_id)
 -- The index outlives no job: ids older than the retention have expired hashes.
 redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - RETENTION_S * 1000)

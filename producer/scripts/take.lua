@@ -7,7 +7,8 @@
 -- Job keys are built from ARGV[7]; they share the queue's hash tag, so the slot.
 -- KEYS[1] jobs stream  KEYS[2] events stream
 -- ARGV[5] consumer name  ARGV[6] count  ARGV[7] job key prefix
--- Returns, per entry read, {entry id, job id, 'started', attempt, type, payload, timeout_s}
+-- Returns, per entry read, {entry id, job id, 'started', attempt, type, payload, timeout_s,
+-- children}
 -- or {entry id, job id, 'skipped', reason}.
 --@include common
 --@include start_job

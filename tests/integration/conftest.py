@@ -50,15 +50,18 @@ def spawn_worker(
 ) -> Iterator[Callable[..., ManagedProcess]]:
     started: list[ManagedProcess] = []
 
-    def spawn(name: str, **env: str) -> ManagedProcess:
+    def spawn(name: str, queue: str | None = None, **env: str) -> ManagedProcess:
+        """A worker of the test's queue, or of `queue` beside it."""
         environ = conveyor_env(
             **FAST,
             CONVEYOR_REDIS_URL=redis_server.url,
-            CONVEYOR_QUEUES=queue_name,
+            CONVEYOR_QUEUES=",".join(dict.fromkeys([queue_name, queue or queue_name])),
             CONVEYOR_HANDLERS="tests.handlers",
         )
         environ |= env  # may replace one of FAST
-        process = start_worker(environ, queue=queue_name, log_dir=tmp_path, name=name, cwd=REPO)
+        process = start_worker(
+            environ, queue=queue or queue_name, log_dir=tmp_path, name=name, cwd=REPO
+        )
         started.append(process)
         return process
 

@@ -50,3 +50,29 @@ def test_submit_wait_prints_every_event_and_exits_by_the_outcome(
     assert inspect.returncode == 0, inspect.stderr
     assert f"queue {queue_name!r}" in inspect.stdout
     assert "stream entries   0" in inspect.stdout
+
+
+def test_submit_wait_prints_the_steps_of_a_multi_step_job(
+    redis_server: EmbeddedRedis, queue_name: str, tmp_path: Path
+) -> None:
+    env = conveyor_env(
+        CONVEYOR_REDIS_URL=redis_server.url,
+        CONVEYOR_QUEUES=queue_name,
+        CONVEYOR_HANDLERS="tests.handlers",
+        CONVEYOR_BACKOFF_BASE_S="0.05",
+    )
+    worker = start_worker(env, queue=queue_name, log_dir=tmp_path, cwd=REPO)
+    payload = f'{{"path": "{tmp_path / "runs"}", "fail_third": 1}}'
+    try:
+        done = conveyor(env, "submit", "pipeline", "--payload", payload, "--wait")
+    finally:
+        worker.stop(grace_s=5)
+    assert done.returncode == 0, done.stderr
+    steps = [line for line in done.stdout.splitlines()[1:] if line.split()[1] == "job.step"]
+    said = [
+        (words[2], next(w for w in words if w.startswith("step=")), words[-2])
+        for words in (line.split() for line in steps)
+    ]
+    assert ("attempt=1", 'step="one"', 'state="started"') in said
+    assert ("attempt=2", 'step="one"', 'state="restored"') in said
+    assert ("attempt=2", 'step="three"', 'state="succeeded"') in said

@@ -22,12 +22,16 @@ from redis.exceptions import ConnectionError, RedisError
 from consumers.worker import ConveyorWorker, connect
 from conveyor.commands import inspect_lines
 from conveyor.gateway_app import gateway_app
+from conveyor.process import ManagedProcess
 from gateway.deps import Gateway
 from gateway.sse.subscriber import Subscriber
 from producer import Producer
 from producer.connection import ConveyorCluster, redis_from_url
 from schemas import CONSUMER_GROUP, JobStatus, QueueKeys, Settings, SubmitRequest
 from tests.fixtures.cluster import HOST, LocalCluster, local_cluster
+from tests.fixtures.processes import REPO, conveyor_env, start_worker
+from tests.integration.conftest import FAST
+from tests.integration.flow_scenarios import fan_in_survives_a_killed_consumer
 from tests.integration.helpers import running, until, wait_for_terminal
 
 pytestmark = pytest.mark.integration
@@ -333,3 +337,32 @@ async def test_consumers_gone_for_long_are_removed_on_a_cluster_too(
             ghost_gone, redis=cluster, stream=keys.events, timeout_s=10, what="ghost's removal"
         )
     assert not await cluster.hexists(keys.consumer_seen(), "ghost")
+
+
+async def test_a_flow_over_two_masters_releases_its_parent_once_despite_a_killed_consumer(
+    queues: tuple[str, str], producer: Producer, settings: Settings, tmp_path: Path
+) -> None:
+    """The fan-in of a parent whose children live on another master: no script sees both,
+    each child's end reaches the parent as a flow task, counted once."""
+    assert settings.redis_url is not None
+    started: list[ManagedProcess] = []
+
+    def spawn(name: str, queue: str | None = None, **env: str) -> ManagedProcess:
+        environ = conveyor_env(
+            **FAST,
+            CONVEYOR_REDIS_URL=settings.redis_url or "",
+            CONVEYOR_QUEUES=",".join(queues),
+            CONVEYOR_HANDLERS="tests.handlers",
+            **env,
+        )
+        process = start_worker(
+            environ, queue=queue or queues[0], log_dir=tmp_path, name=name, cwd=REPO
+        )
+        started.append(process)
+        return process
+
+    try:
+        await fan_in_survives_a_killed_consumer(producer, queues, spawn, tmp_path)
+    finally:
+        for process in started:
+            process.stop(grace_s=5)

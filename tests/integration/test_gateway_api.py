@@ -396,6 +396,8 @@ def test_producer_submit_request_is_the_documented_body() -> None:
         "delay_s",
         "max_attempts",
         "timeout_s",
+        "children",
+        "on_child_failure",
     }
 
 
@@ -673,3 +675,99 @@ async def test_bulk_takes_one_to_a_thousand_jobs(
     response = await client.post("/v1/jobs/bulk", json={"jobs": jobs}, headers=A)
     assert response.status_code == 422, response.text
     assert response.json()["message"].startswith("body.jobs")
+
+
+# --- flows and steps over HTTP ---------------------------------------------------------------
+
+
+async def test_a_flow_is_202_waiting_with_its_children_counted_and_cancels_as_a_tree(
+    client: httpx.AsyncClient, producer: Producer, queue_name: str
+) -> None:
+    other = f"{queue_name}-b"
+    body = await submit(
+        client,
+        children=[
+            {"type": "noop"},
+            {"type": "noop", "queue": other, "children": [{"type": "noop"}]},
+        ],
+    )
+    assert body["status"] == "waiting" and body["queue"] == queue_name
+    assert body["children"] == {
+        "total": 2,
+        "pending": 2,
+        "succeeded": 0,
+        "failed": 0,
+        "cancelled": 0,
+    }
+    children = await producer.children_of(queue_name, body["id"])
+    assert sorted(c["status"] for c in children.values()) == ["queued", "waiting"]
+    middle = next(i for i, c in children.items() if c["status"] == "waiting")
+    (leaf,) = await producer.children_of(other, middle)
+    leaf_job = await producer.get(other, leaf)
+    assert leaf_job is not None and leaf_job.parent_id == middle and leaf_job.queue == other
+
+    cancelled = await client.post(f"/v1/jobs/{body['id']}/cancel", headers=A)
+    assert cancelled.status_code == 202 and cancelled.json()["outcome"] == "cancelled"
+    assert {c["status"] for c in (await producer.children_of(queue_name, body["id"])).values()} == {
+        "cancelled"
+    }
+    assert (await producer.get(other, leaf)) is not None
+    assert (await producer.get(other, leaf)).status.value == "cancelled"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("body", "names"),
+    [
+        ({"delay_s": 5, "children": [{"type": "noop"}]}, "delay_s"),
+        ({"children": [{"type": "nope"}]}, "nope"),
+        ({"children": [{"type": "noop", "queue": "elsewhere"}]}, "elsewhere"),
+        ({"children": [{"type": "noop", "extra": 1}]}, "extra"),
+        ({"on_child_failure": "maybe", "children": [{"type": "noop"}]}, "on_child_failure"),
+    ],
+    ids=["delayed-parent", "unknown-type", "unknown-queue", "unknown-field", "policy"],
+)
+async def test_a_flow_that_does_not_fit_is_422_and_nothing_is_queued(
+    client: httpx.AsyncClient, producer: Producer, queue_name: str, body: Any, names: str
+) -> None:
+    response = await client.post("/v1/jobs", json={"type": "noop", **body}, headers=A)
+    assert response.status_code == 422, response.text
+    assert names in response.json()["message"]
+    assert await producer.redis.exists(producer.keys(queue_name).jobs) == 0
+    page = await producer.list_jobs([queue_name, f"{queue_name}-b"], "acme", limit=10)
+    assert page.jobs == []
+
+
+async def test_a_flow_deeper_than_four_levels_or_wider_than_1000_is_422(
+    settings: Settings,
+) -> None:
+    deep: dict[str, Any] = {"type": "noop"}
+    for _ in range(5):
+        deep = {"type": "noop", "children": [deep]}
+    wide = {"type": "noop", "children": [{"type": "noop"}] * 1001}
+    # A flow's whole body counts against the body limit: this one is 16 kB.
+    async with serving(settings.model_copy(update={"max_payload_bytes": 1 << 20})) as (_, http):
+        response = await http.post("/v1/jobs", json=deep, headers=A)
+        assert response.status_code == 422 and "4 levels" in response.json()["message"]
+        response = await http.post("/v1/jobs", json=wide, headers=A)
+        assert response.status_code == 422 and "children" in response.json()["message"]
+
+
+async def test_retry_from_start_is_accepted_and_says_so(
+    client: httpx.AsyncClient, producer: Producer, queue_name: str
+) -> None:
+    body = await submit(client, max_attempts=1)
+    await producer.ensure_group(queue_name)
+    read = await producer.redis.xreadgroup(
+        CONSUMER_GROUP, "c1", {producer.keys(queue_name).jobs: ">"}, count=1
+    )
+    entry_id, _ = read[0][1][0]
+    [delivery] = await producer.start(queue_name, [(entry_id, body["id"])], "c1")
+    assert await producer.start_step(delivery, "one", 10) == ("started", None)
+    assert await producer.end_step(delivery, "one", 5, result={"n": 1})
+    await producer.fail(delivery, "boom", retryable=False, backoff_ms=0, default_max_attempts=1)
+    failed = (await client.get(f"/v1/jobs/{body['id']}", headers=A)).json()
+    assert [(s["name"], s["state"]) for s in failed["steps"]] == [("one", "succeeded")]
+    response = await client.post(f"/v1/jobs/{body['id']}/retry?from_start=true", headers=A)
+    assert response.status_code == 202 and response.json()["job"]["steps"] == []
+    history = (await client.get(f"/v1/jobs/{body['id']}/history", headers=A)).json()
+    assert history[-1]["data"] == {"manual_retry": True, "from_start": True}

@@ -50,6 +50,10 @@ class FakeCtx:
     def get(self, name: str, default: Any = None) -> Any:
         return self.settings if name == "settings" else default
 
+    async def step(self, name: str, fn: Any, *args: Any) -> Any:
+        """Steps run as they come (their recording is tested in test_steps.py)."""
+        return await fn(*args)
+
     def __getitem__(self, name: str) -> Any:
         return self.get(name)
 

@@ -74,6 +74,10 @@ async def test_ingest_records_the_artifact_and_the_gateway_serves_it(
     events = await driver.producer.events(driver.queue, job_id)
     assert events[-1].data["artifacts"][0]["sha256"] == expected  # in the terminal event too
     assert any(e.data.get("stage") == "downloading" for e in events)
+    assert [(s.name, s.state.value) for s in job.steps] == [
+        ("fetch", "succeeded"),
+        ("verify", "succeeded"),
+    ]
 
     app = gateway_app(settings)
     async with (
@@ -190,3 +194,52 @@ def test_presigned_urls_can_name_a_public_host() -> None:
     finally:
         store.close()
     assert url.startswith("https://files.example.test/conveyor/q/job/out.bin?")
+
+
+async def test_the_pipeline_example_resumes_after_its_failing_step(
+    driver: Driver,
+    settings_factory: Callable[..., Settings],
+    s3_server: EmbeddedS3,
+    origin: Origin,
+) -> None:
+    """examples/pipeline.py as the README shows it: its transcode step fails twice; the
+    retries get the download and the checksum back, so the URL is fetched once."""
+    settings = settings_factory(**s3_settings(s3_server), handlers="examples.pipeline")
+    size = 2 * MIN_PART_SIZE + 99
+    path = f"/bytes/{size}"
+    job_id = await driver.submit(
+        "pipeline", payload={"url": f"{origin.base}{path}", "fail_transcode": 2}
+    )
+    worker = ConveyorWorker(
+        settings, connect(settings), queue=driver.queue, burst=True, handle_signals=False
+    )
+    await worker.async_run()
+    await worker.close()
+
+    job = await driver.producer.get(driver.queue, job_id)
+    assert job is not None and job.status is JobStatus.SUCCEEDED and job.attempt == 3, job
+    assert origin.paths.count(path) == 1  # downloaded once, for three attempts
+    body = body_of(size)
+    assert job.result["sha256"] == hashlib.sha256(body).hexdigest()
+    artifacts = {a.name: a for a in job.artifacts}
+    assert set(artifacts) == {"source", "transcoded"}  # the restored one is recorded too
+    store = storage_for(s3_server)
+    try:
+        stored = b"".join([chunk async for chunk in store.read(artifacts["transcoded"].key)])
+    finally:
+        store.close()
+    assert stored == body.upper()
+    assert artifacts["transcoded"].sha256 == hashlib.sha256(body.upper()).hexdigest()
+    steps = [
+        (e.attempt, e.data["step"], e.data["state"])
+        for e in await driver.producer.events(driver.queue, job_id)
+        if e.event.value == "job.step"
+    ]
+    for attempt in (2, 3):
+        assert (attempt, "download", "restored") in steps
+        assert (attempt, "checksum", "restored") in steps
+    assert [(s.name, s.attempt) for s in job.steps] == [
+        ("download", 1),
+        ("checksum", 1),
+        ("transcode", 3),
+    ]

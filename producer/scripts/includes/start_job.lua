@@ -2,10 +2,11 @@
 -- the body of both `start` (entries the consumer read itself) and `take` (entries read in
 -- the script). An entry whose job already ended (or was cancelled, or re-queued under a newer
 -- entry) is acknowledged and skipped: a re-delivered finished job is never run twice.
--- Returns {'started', attempt, type, payload, timeout_s} or {'skipped', reason}.
+-- Returns {'started', attempt, type, payload, timeout_s, children} or {'skipped', reason};
+-- `children` is a parent's count of children (false for a job without).
 local function start_job(jobs_key, events_key, job_key, job_events_key, entry_id, consumer, now)
   local j = redis.call('HMGET', job_key, 'status', 'entry_id', 'type', 'payload', 'timeout_s',
-    'attempt', 'id', 'queue', 'tenant')
+    'attempt', 'id', 'queue', 'tenant', 'children')
   local status = j[1]
   if not status then
     end_delivery(jobs_key, entry_id)
@@ -31,5 +32,5 @@ local function start_job(jobs_key, events_key, job_key, job_events_key, entry_id
   if attempt > 1 then  -- a retry: the earlier attempt's progress is not this one's
     redis.call('HSET', job_key, 'stage', '', 'progress', '0', 'message', '')
   end
-  return {'started', attempt, j[3], j[4], j[5]}
+  return {'started', attempt, j[3], j[4], j[5], j[10]}
 end
