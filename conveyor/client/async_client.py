@@ -179,11 +179,13 @@ class AsyncClient:
 
     async def _events(self, job_id: str, last_id: str | None) -> AsyncGenerator[Event, None]:
         if last_id is None:
-            for event in await self.history(job_id):
+            # Not up to its first terminal event: a job retried since has events after it.
+            history = await self.history(job_id)
+            for event in history:
                 yield event
-                if event.is_terminal:
-                    return
-                last_id = event.id
+            if history and history[-1].is_terminal:
+                return
+            last_id = history[-1].id if history else None
         resume = Resume(last_id, self.retries)
         timeout = calls.streaming(self._http.timeout)
         while True:

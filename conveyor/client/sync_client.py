@@ -148,7 +148,8 @@ class Client:
 
     def events(self, job_id: str, *, last_event_id: str | None = None) -> Iterator[Event]:
         """Every event of the job, oldest first, then live as they happen; the iteration ends
-        after the terminal one. Or only those after `last_event_id`.
+        after the terminal one (of its latest run, for a job retried before the call). Or only
+        those after `last_event_id`.
 
         A dropped connection or a restarted gateway is resumed with `Last-Event-ID`: nothing
         is missed or repeated (only `job.progress` events may be coalesced while live, as the
@@ -202,11 +203,12 @@ class Client:
 
     def _events(self, job_id: str, last_id: str | None, deadline: float | None) -> Iterator[Event]:
         if last_id is None:
-            for event in self._call(calls.history(job_id), deadline):
-                yield event
-                if event.is_terminal:
-                    return
-                last_id = event.id
+            # Not up to its first terminal event: a job retried since has events after it.
+            history = self._call(calls.history(job_id), deadline)
+            yield from history
+            if history and history[-1].is_terminal:
+                return
+            last_id = history[-1].id if history else None
         resume = Resume(last_id, self.retries)
         while True:
             _check(deadline)

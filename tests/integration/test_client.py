@@ -139,9 +139,11 @@ def test_cancel_retry_and_the_conflicts_between(client: Client) -> None:
     assert client.wait(job.id, timeout=DEADLINE_S).result == {"k": "v"}
     with pytest.raises(Conflict):
         client.retry(job.id)
-    kinds = [e.event for e in client.history(job.id)]
+    history = client.history(job.id)
+    kinds = [e.event for e in history]
     assert kinds[0] == "job.scheduled" and kinds[-1] == "job.succeeded"
     assert "job.cancelled" in kinds
+    assert list(client.events(job.id)) == history  # past the first run's end, to the last
 
 
 def test_list_pages_newest_first_and_list_all_walks_every_page(client: Client) -> None:
