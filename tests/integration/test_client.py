@@ -328,3 +328,21 @@ async def test_events_survive_a_gateway_restart_missing_and_repeating_nothing(
         50,
     ]
     assert got[-1].event == "job.succeeded"
+
+
+def test_the_readme_example_runs_as_written(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Python client", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    example = example.replace("http://127.0.0.1:8000", stack.url).replace(
+        "<the key it printed>", "key-a"
+    )
+    exec(compile(example, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in lines[:5]] == [
+        "job.queued", "job.started", "job.progress", "job.progress", "job.succeeded"
+    ]  # fmt: skip
+    assert lines[5] == "succeeded"
+    assert len(lines) > 6  # and the listing
