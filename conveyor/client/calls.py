@@ -123,8 +123,9 @@ def list_page(
 
 
 def cancel(job_id: str) -> Call[Job]:
-    # A second cancel cannot do more than the first did: at worst it answers 409, cancelled.
-    return Call("POST", f"{job_path(job_id)}/cancel", _acted_on)
+    # Not sent again: after a lost answer, a repeat would be refused (409, it is cancelled)
+    # and report as failed a cancel that worked.
+    return Call("POST", f"{job_path(job_id)}/cancel", _acted_on, idempotent=False)
 
 
 def retry(job_id: str, from_start: bool) -> Call[Job]:

@@ -25,7 +25,9 @@ class Message:
 
 class Decoder:
     """Lines of one response in, messages out: a blank line ends a message, `:` starts a
-    comment (the gateway's pings), `data:` lines join with newlines."""
+    comment (the gateway's pings), `data:` lines join with newlines. An `id:` belongs to its
+    own message only (the standard carries it over to later ones; every job event the
+    gateway sends has its own)."""
 
     def __init__(self) -> None:
         self._event = ""
