@@ -22,7 +22,7 @@ from conveyor.client.errors import (
     retry_after,
 )
 from conveyor.client.models import Event, Job, JobPage, SubmitOptions
-from conveyor.client.retries import NOT_SENT, Retries, transient
+from conveyor.client.retries import Retries, transient
 from conveyor.client.sse import Decoder, Resume
 
 T = TypeVar("T")
@@ -163,16 +163,14 @@ class AsyncClient:
                 response = await self._http.send(request)
             except httpx.TransportError as exc:
                 failures += 1
-                retryable = call.idempotent or isinstance(exc, NOT_SENT)
-                delay = self.retries.delay(failures) if retryable else None
+                delay = self.retries.after(failures, exc, idempotent=call.idempotent)
                 if delay is None:
                     raise NetworkError(f"{call.method} {request.url}: {exc!r}") from exc
             else:
                 if response.is_success:
                     return call.read(response)
                 failures += 1
-                retryable = call.idempotent and transient(response)
-                delay = self.retries.delay(failures, retry_after(response)) if retryable else None
+                delay = self.retries.after(failures, response, idempotent=call.idempotent)
                 if delay is None:
                     raise error_for(response)
             await asyncio.sleep(delay)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from conveyor.client.errors import retry_after
+
 # Answers that say "not now" rather than "no": the gateway's 503 (Redis slow or full) and 429
 # (a tenant quota), and a load balancer's 502 and 504 in front of gateway replicas.
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
@@ -38,6 +40,20 @@ class Retries:
             return retry_after if retry_after <= self.max_backoff_s else None
         ceiling = min(self.max_backoff_s, self.backoff_s * 2.0 ** (failures - 1))
         return ceiling * random.uniform(0.5, 1.0)
+
+    def after(
+        self, failures: int, failure: httpx.Response | httpx.TransportError, *, idempotent: bool
+    ) -> float | None:
+        """Seconds to wait before sending a call again after its `failures`-th failure in a
+        row (an error answer or no answer), or None to give up. A call that is safe to repeat
+        is sent again after any transient failure; any other only if it never left."""
+        if isinstance(failure, httpx.Response):
+            if not (idempotent and transient(failure)):
+                return None
+            return self.delay(failures, retry_after(failure))
+        if not (idempotent or isinstance(failure, NOT_SENT)):
+            return None
+        return self.delay(failures)
 
 
 def transient(response: httpx.Response) -> bool:
