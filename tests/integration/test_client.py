@@ -9,6 +9,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing
 from pathlib import Path
 
 import pytest
@@ -95,8 +96,8 @@ async def test_wait_raises_job_cancelled_when_the_running_job_is_cancelled(
     marker = tmp_path / "cleaned"
     job = await aclient.submit("hang", {"marker": str(marker)})
     waiting = asyncio.create_task(aclient.wait(job.id, timeout=DEADLINE_S))
-    async with asyncio.timeout(DEADLINE_S):
-        async for event in aclient.events(job.id):
+    async with asyncio.timeout(DEADLINE_S), aclosing(aclient.events(job.id)) as events:
+        async for event in events:
             if event.event == "job.progress":  # the handler is running: cancel it now
                 break
     after = await aclient.cancel(job.id)
