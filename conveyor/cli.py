@@ -1,19 +1,25 @@
 """The `conveyor` command. Thin on purpose: each command reads Settings and hands over.
 
-Imports of the gateway, the worker and the commands are lazy so that `conveyor worker`
-never loads FastAPI and `conveyor --help` stays fast.
+Imports of the gateway, the worker, the client and the commands are lazy so that `conveyor
+worker` never loads FastAPI and `conveyor --help` stays fast.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from pydantic import ValidationError
 
 from schemas.settings import Settings
+from schemas.status import JobStatus
+
+if TYPE_CHECKING:
+    from conveyor.client import Client, SubmitOptions
 
 
 def _settings() -> Settings:
@@ -24,8 +30,30 @@ def _settings() -> Settings:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="conveyor", prog_name="conveyor")
 def main() -> None:
     """Conveyor: jobs on Redis Streams. Configured by CONVEYOR_* variables (see README)."""
+
+
+def _gateway(settings: Settings) -> tuple[str, str] | None:
+    """The gateway's URL and the API key to use there, when both are configured."""
+    if settings.url and settings.api_key:
+        return settings.url, settings.api_key
+    return None
+
+
+def _through_gateway(command: Callable[[Client], int]) -> NoReturn:
+    """Run a command that needs the gateway, or say what is missing."""
+    gateway = _gateway(_settings())
+    if gateway is None:
+        name = click.get_current_context().info_name
+        raise click.ClickException(
+            f"`conveyor {name}` talks to a gateway: set CONVEYOR_URL (e.g. "
+            "http://127.0.0.1:8000) and CONVEYOR_API_KEY (a key of its CONVEYOR_API_KEYS)"
+        )
+    from conveyor.remote import run as run_remote
+
+    sys.exit(run_remote(*gateway, command))
 
 
 @main.command()
@@ -100,17 +128,112 @@ def _json_object(_ctx: click.Context, _param: click.Parameter, value: str) -> di
 )
 @click.option("--queue", default=None, help="[default: the first of CONVEYOR_QUEUES]")
 @click.option(
+    "--delay", type=click.FloatRange(min=0), default=None, metavar="SECONDS", help="Run it later."
+)
+@click.option(
+    "--priority", type=click.IntRange(0, 9), default=None, help="0-9, higher first [default: 5]."
+)
+@click.option(
+    "--idempotency-key",
+    default=None,
+    metavar="KEY",
+    help="Submitting again with the same key returns the same job.",
+)
+@click.option(
     "--wait",
     is_flag=True,
     help="Print each event until the job ends; exit non-zero unless it succeeded.",
 )
-def submit(job_type: str, payload: dict[str, Any], queue: str | None, wait: bool) -> None:
-    """Submit a job and print its id."""
+def submit(
+    job_type: str,
+    payload: dict[str, Any],
+    queue: str | None,
+    delay: float | None,
+    priority: int | None,
+    idempotency_key: str | None,
+    wait: bool,
+) -> None:
+    """Submit a job and print its id: through the gateway when CONVEYOR_URL and
+    CONVEYOR_API_KEY are set, else straight into the store at CONVEYOR_REDIS_URL."""
     settings = _settings()
+    options: SubmitOptions = {}
+    if queue is not None:
+        options["queue"] = queue
+    if delay is not None:
+        options["delay_s"] = delay
+    if priority is not None:
+        options["priority"] = priority
+    gateway = _gateway(settings)
+    if gateway is not None:
+        from conveyor import remote
+
+        if idempotency_key is not None:
+            options["idempotency_key"] = idempotency_key
+        submit_it = partial(
+            remote.submit, job_type=job_type, payload=payload, options=options, wait=wait
+        )
+        sys.exit(remote.run(*gateway, submit_it))
     from conveyor.commands import submit_command
 
-    queue = queue or settings.queues[0]
-    sys.exit(submit_command(settings, job_type, payload=payload, queue=queue, wait=wait))
+    sys.exit(
+        submit_command(
+            settings,
+            job_type,
+            payload=payload,
+            options={"queue": settings.queues[0], **options},
+            idempotency_key=idempotency_key,
+            wait=wait,
+        )
+    )
+
+
+@main.command()
+@click.argument("job_id", metavar="ID")
+def get(job_id: str) -> None:
+    """Print the job's snapshot as JSON (through the gateway)."""
+    from conveyor import remote
+
+    _through_gateway(partial(remote.get, job_id=job_id))
+
+
+@main.command()
+@click.argument("job_id", metavar="ID")
+def cancel(job_id: str) -> None:
+    """Cancel the job: at once if it has not started, else its worker stops it."""
+    from conveyor import remote
+
+    _through_gateway(partial(remote.cancel, job_id=job_id))
+
+
+@main.command()
+@click.argument("job_id", metavar="ID")
+@click.option("--from-start", is_flag=True, help="Run every step again, not only the failed one.")
+def retry(job_id: str, from_start: bool) -> None:
+    """Queue a failed or cancelled job again."""
+    from conveyor import remote
+
+    _through_gateway(partial(remote.retry, job_id=job_id, from_start=from_start))
+
+
+@main.command(name="list")
+@click.option("--status", type=click.Choice([s.value for s in JobStatus]), default=None)
+@click.option("--type", "job_type", default=None, metavar="TYPE")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+def list_(status: str | None, job_type: str | None, limit: int) -> None:
+    """Your newest jobs, one line each."""
+    from conveyor import remote
+
+    _through_gateway(partial(remote.list_jobs, status=status, job_type=job_type, limit=limit))
+
+
+@main.command()
+@click.argument("job_id", metavar="ID")
+def tail(job_id: str) -> None:
+    """Print the job's events, then follow it until it ends; exit non-zero unless it
+    succeeded."""
+    from conveyor import remote
+
+    _through_gateway(partial(remote.tail, job_id=job_id))
 
 
 @main.command()

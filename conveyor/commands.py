@@ -1,18 +1,21 @@
-"""`conveyor submit` and `conveyor inspect`: the shell's view of a queue."""
+"""`conveyor submit` (into the store, when no gateway is configured) and `conveyor inspect`:
+the shell's view of a queue."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
+from pydantic import ValidationError
 
+from conveyor.display import event_line
 from producer import Producer
 from producer.connection import redis_from_url
-from schemas import CONSUMER_GROUP, Event, EventType, Settings, SubmitRequest
+from schemas import CONSUMER_GROUP, EventType, Settings, SubmitRequest
 from schemas.errors import UnknownJobType
 
 
@@ -28,41 +31,42 @@ def submit_command(
     job_type: str,
     *,
     payload: dict[str, Any],
-    queue: str,
+    options: Mapping[str, Any],
+    idempotency_key: str | None,
     wait: bool,
     tenant: str = "dev",
 ) -> int:
-    return asyncio.run(_submit(settings, job_type, payload, queue, wait, tenant))
+    """Submit straight into the store (no gateway): `options` are SubmitRequest fields."""
+    try:
+        request = SubmitRequest(type=job_type, payload=payload, **options)
+    except ValidationError as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_submit(settings, request, idempotency_key, wait, tenant))
 
 
 async def _submit(
-    settings: Settings, job_type: str, payload: dict[str, Any], queue: str, wait: bool, tenant: str
+    settings: Settings, request: SubmitRequest, idempotency_key: str | None, wait: bool, tenant: str
 ) -> int:
     from consumers.registry import job_types
 
     known = job_types(settings)
-    if job_type not in known:
-        print(UnknownJobType(job_type, sorted(known)), file=sys.stderr)
+    if request.type not in known:
+        print(UnknownJobType(request.type, sorted(known)), file=sys.stderr)
         return 2
     redis = _client(settings)
     try:
         producer = Producer(redis, settings)
-        request = SubmitRequest(type=job_type, payload=payload, queue=queue)
-        submitted = await producer.submit(request, tenant=tenant)
+        submitted = await producer.submit(request, tenant=tenant, idempotency_key=idempotency_key)
         print(submitted.job_id, flush=True)
         if not wait:
             return 0
         last = None
-        async for last in producer.follow(queue, submitted.job_id):  # history, then live
-            print(_describe(last), flush=True)
+        async for last in producer.follow(request.queue, submitted.job_id):  # history, then live
+            print(event_line(last), flush=True)
         return 0 if last is not None and last.event is EventType.SUCCEEDED else 1
     finally:
         await redis.aclose()
-
-
-def _describe(event: Event) -> str:
-    details = " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(event.data.items()))
-    return f"{event.id} {event.event.value:<22} attempt={event.attempt} {details}".rstrip()
 
 
 def inspect_command(settings: Settings, queue: str) -> int:

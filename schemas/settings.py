@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     # Consumers serve Prometheus metrics on this port when set (0 or unset: off).
     worker_metrics_port: int | None = None
 
+    # Clients: the gateway `conveyor submit` and `get`, `cancel`, `retry`, `list` and `tail`
+    # talk to (e.g. http://127.0.0.1:8000), and the API key they present there.
+    url: str | None = None
+    api_key: str | None = None
+
     # Gateway.
     host: str = "127.0.0.1"
     port: int = 8000

@@ -1,20 +1,23 @@
 """Fixtures of the integration tests: settings for the test's own queue, its producer, a
-`Driver` (tests/integration/helpers.py) for it, and real worker processes on it."""
+`Driver` (tests/integration/helpers.py) for it, real worker processes on it, and a module's
+`stack` (a gateway and a worker) for the client and the CLI."""
 
 from __future__ import annotations
 
 import signal
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from conveyor.embedded_redis import EmbeddedRedis
-from conveyor.process import ManagedProcess
+from conveyor.process import ManagedProcess, free_port
 from producer import Producer
 from schemas import Settings
-from tests.fixtures.processes import REPO, conveyor_env, start_worker
+from tests.fixtures.processes import HOST, REPO, conveyor_env, start_gateway, start_worker
 from tests.integration.helpers import Driver
 
 
@@ -69,3 +72,43 @@ def spawn_worker(
     for process in started:
         process.signal(signal.SIGCONT)
         process.stop(grace_s=5)
+
+
+@dataclass
+class Stack:
+    """A gateway and a worker process on their own queue, for a whole test module: what
+    the Python client and the CLI talk to."""
+
+    url: str
+    queue: str
+    env: dict[str, str]
+    gateway: ManagedProcess
+    worker: ManagedProcess
+
+
+API_KEYS = {"key-a": "acme", "key-b": "globex"}
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    queue = f"stack-{uuid.uuid4().hex[:8]}"
+    log_dir = tmp_path_factory.mktemp("stack")
+    env = conveyor_env(
+        **FAST,
+        CONVEYOR_REDIS_URL=redis_server.url,
+        CONVEYOR_QUEUES=queue,
+        CONVEYOR_HANDLERS="tests.handlers",
+        CONVEYOR_API_KEYS=",".join(f"{key}={tenant}" for key, tenant in API_KEYS.items()),
+        CONVEYOR_TOKEN_SECRET="stack-secret",
+        # Every job.progress goes out live, so a stream can be compared with the history.
+        CONVEYOR_SSE_PROGRESS_INTERVAL_S="0",
+        CONVEYOR_LOG_LEVEL="WARNING",
+    )
+    port = free_port()
+    gateway = start_gateway(env, port=port, log_dir=log_dir, cwd=REPO)
+    worker = start_worker(env, queue=queue, log_dir=log_dir, cwd=REPO)
+    try:
+        yield Stack(f"http://{HOST}:{port}", queue, env, gateway, worker)
+    finally:
+        worker.stop(grace_s=5)
+        gateway.stop()

@@ -1,4 +1,5 @@
-"""`conveyor submit --wait` and `conveyor inspect`, run as a user runs them, on real Redis."""
+"""`conveyor submit` (into the store: no gateway configured) and `conveyor inspect`, run as a
+user runs them, on real Redis."""
 
 from __future__ import annotations
 
@@ -76,3 +77,19 @@ def test_submit_wait_prints_the_steps_of_a_multi_step_job(
     assert ("attempt=1", 'step="one"', 'state="started"') in said
     assert ("attempt=2", 'step="one"', 'state="restored"') in said
     assert ("attempt=2", 'step="three"', 'state="succeeded"') in said
+
+
+def test_submit_into_the_store_takes_a_delay_and_an_idempotency_key(
+    redis_server: EmbeddedRedis, queue_name: str
+) -> None:
+    env = conveyor_env(
+        CONVEYOR_REDIS_URL=redis_server.url,
+        CONVEYOR_QUEUES=queue_name,
+        CONVEYOR_HANDLERS="tests.handlers",
+    )
+    args = ["submit", "noop", "--delay", "3600", "--idempotency-key", "order-1"]
+    first, again = conveyor(env, *args), conveyor(env, *args)
+    assert first.returncode == 0, first.stderr
+    assert again.stdout == first.stdout and len(first.stdout.strip()) == 32
+    inspect = conveyor(env, "inspect", "--queue", queue_name)
+    assert "delayed          1" in inspect.stdout

@@ -5,6 +5,7 @@
 - The gateway never imports the consumers: the composition root (`conveyor/`) hands it what
   it needs from them.
 - Routes speak HTTP and do not import each other.
+- The Python client (`conveyor/client/`) imports nothing of the server side.
 """
 
 from __future__ import annotations
@@ -156,3 +157,14 @@ def test_the_checks_see_every_package() -> None:
     seen = {path.split("/")[0] for path, _ in modules(*PACKAGES)}
     assert seen == set(PACKAGES)
     assert any(path == "gateway/sse/hub.py" for path, _ in GATEWAY)
+
+
+CLIENT = list(modules("conveyor/client"))
+# What a machine that only submits jobs needs: the client, the contract, httpx and pydantic.
+SERVER_SIDE = {"gateway", "producer", "consumers", "redis", "fastapi", "arq", "minio", "click"}
+
+
+@pytest.mark.parametrize(("path", "tree"), CLIENT, ids=[m[0] for m in CLIENT])
+def test_the_client_needs_only_httpx_and_the_contract(path: str, tree: ast.Module) -> None:
+    server_side = sorted(n for n in imported(tree) if n.split(".")[0] in SERVER_SIDE)
+    assert server_side == [], f"{path} imports {server_side}"
