@@ -71,6 +71,7 @@ from arq.connections import ArqRedis
 from arq.worker import Worker
 
 from consumers import metrics, registry
+from consumers.callbacks import Callbacks
 from consumers.children import kill_all_children
 from consumers.errors import MAX_ERROR_CHARS, describe
 from consumers.execution import (
@@ -177,6 +178,7 @@ class ConveyorWorker(Worker):
         self.supervision = Supervision(self)
         self.keeper = Keeper(self)
         self.upkeep = Upkeep(self, self.lanes)
+        self.callbacks = Callbacks(self)
         self._health_recorded_at = 0.0  # `record_health`'s throttle (arq's is private)
         self._closed = False
 
@@ -195,6 +197,7 @@ class ConveyorWorker(Worker):
                 self.supervision.enforce_timeouts,
                 self.upkeep.run_failure_hooks,
                 self.upkeep.carry_flow_tasks,
+                self.callbacks.run,
                 self.upkeep.forget_gone_consumers,
                 self.upkeep.heartbeat,
             )

@@ -50,6 +50,17 @@ class QueueNotConfigured(ConveyorError):
         self.queue = queue
 
 
+class CallbackNotSigned(ConveyorError):
+    """A `callback_url` for a tenant that has no webhook secret: its receiver could not
+    tell our deliveries from anyone's."""
+
+    def __init__(self, tenant: str) -> None:
+        super().__init__(
+            f"no webhook secret is configured for tenant {tenant!r} "
+            "(CONVEYOR_WEBHOOK_SECRETS), so callbacks cannot be signed"
+        )
+
+
 @asynccontextmanager
 async def redis_deadline(seconds: float) -> AsyncIterator[None]:
     """Bound every Redis round trip inside by one deadline: a frozen Redis answers 503 in
@@ -74,9 +85,7 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
 
 def validation_body(errors: Sequence[Any], prefix: Sequence[Any] = ()) -> dict[str, Any]:
     """A `422`'s body from pydantic's errors, each located under `prefix` (for a bulk item)."""
-    detail = [
-        {"loc": [*prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in errors
-    ]
+    detail = [{"loc": [*prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in errors]
     message = "; ".join(f"{_field(d['loc'])}: {d['msg']}" for d in detail)
     return {"error": "validation_error", "message": message, "detail": detail}
 
@@ -95,6 +104,13 @@ def conveyor_error_body(exc: ConveyorError) -> tuple[int, dict[str, Any]]:
     if isinstance(exc, QueueNotConfigured):
         detail = [{"loc": ["body", "queue"], "msg": str(exc), "type": "unknown_queue"}]
         return 422, {"error": "validation_error", "message": f"queue: {exc}", "detail": detail}
+    if isinstance(exc, CallbackNotSigned):
+        detail = [{"loc": ["body", "callback_url"], "msg": str(exc), "type": "unsigned"}]
+        return 422, {
+            "error": "validation_error",
+            "message": f"callback_url: {exc}",
+            "detail": detail,
+        }
     if isinstance(exc, RedisUnavailable):
         return 503, {"error": "unavailable", "message": str(exc)}
     log.error("unexpected %s", type(exc).__name__, exc_info=exc)

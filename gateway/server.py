@@ -48,4 +48,3 @@ def serve(app: FastAPI, settings: Settings) -> None:
     sock = listening_socket(settings.host, settings.port, settings.sse_send_buffer_bytes)
     with sock:
         uvicorn.Server(config).run(sockets=[sock])
-

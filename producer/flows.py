@@ -68,8 +68,8 @@ class Flows:
         created, root_id = await store.scripts.run("submit", *call(request, None, idempotency_key))
         if int(created) < 0:
             raise IdempotencyConflict(idempotency_key or "")
-        if not int(created):  # an earlier submit with this key: its flow, nothing new
-            return Submitted(root_id, request.queue, False)
+        if int(created) != 1:  # an earlier submit with this key, or the cache: nothing new
+            return Submitted(root_id, request.queue, False, cached=int(created) == 2)
         level = [(request, JobRef(request.queue, root_id))]
         while level:
             below = [

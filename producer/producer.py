@@ -7,6 +7,7 @@ reclaim, promote) and `conveyor submit`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
@@ -22,7 +23,7 @@ from producer.reads import Reads
 from producer.scripts import Call, Scripts
 from schemas.errors import IdempotencyConflict, JobNotFound, TransitionRefused
 from schemas.events import StepState
-from schemas.keys import CONSUMER_GROUP, FAILURE_GROUP, FLOW_GROUP, QueueKeys
+from schemas.keys import CALLBACKS_GROUP, CONSUMER_GROUP, FAILURE_GROUP, FLOW_GROUP, QueueKeys
 from schemas.models import Artifact, SubmitRequest
 from schemas.settings import Settings
 from schemas.status import JobStatus
@@ -38,6 +39,15 @@ T = TypeVar("T")
 def new_job_id() -> str:
     """32 hex chars, time-ordered (ms first) so ids sort by submission, random after."""
     return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+
+
+def cache_key(request: SubmitRequest) -> str:
+    """What counts as the same work: the request's `cache_key`, else a hash of its type and
+    canonical payload (keys sorted, no spaces), so key order in a body does not matter."""
+    if request.cache_key:
+        return request.cache_key
+    canonical = json.dumps(request.payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{request.type}\n{canonical}".encode()).hexdigest()
 
 
 def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
@@ -66,6 +76,7 @@ class Submitted:
     job_id: str
     queue: str
     created: bool  # False: an earlier job with the same Idempotency-Key was returned
+    cached: bool = False  # an earlier job that did the same work (`cache_ttl_s`) was returned
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +149,13 @@ class Producer(Reads):
         starts from the beginning so entries added before the first consumer existed are
         not skipped."""
         k = self.keys(queue)
-        stream = {CONSUMER_GROUP: k.jobs, FAILURE_GROUP: k.dead, FLOW_GROUP: k.flow}[group]
+        streams = {
+            CONSUMER_GROUP: k.jobs,
+            FAILURE_GROUP: k.dead,
+            FLOW_GROUP: k.flow,
+            CALLBACKS_GROUP: k.callbacks,
+        }
+        stream = streams[group]
         try:
             await self.redis.xgroup_create(stream, group, id="0", mkstream=True)
         except ResponseError as exc:
@@ -157,7 +174,7 @@ class Producer(Reads):
         )
         if int(created) < 0:
             raise IdempotencyConflict(idempotency_key or "")
-        return Submitted(job_id, request.queue, bool(int(created)))
+        return Submitted(job_id, request.queue, int(created) == 1, cached=int(created) == 2)
 
     async def submit_many(
         self, requests: Sequence[SubmitRequest], *, tenant: str = ""
@@ -169,7 +186,7 @@ class Producer(Reads):
             if request.children:
                 ids[i] = (await self.flows.submit(request, tenant, None)).job_id
         singles = [(i, r) for i, r in enumerate(requests) if i not in ids]
-        calls = [("submit", *self._submit_call(r, tenant, None)) for _, r in singles]
+        calls: list[Call] = [("submit", *self._submit_call(r, tenant, None)) for _, r in singles]
         replies = await self.scripts.run_many(calls) if calls else []
         ids.update((i, job_id) for (i, _), (_, job_id) in zip(singles, replies, strict=True))
         return [ids[i] for i in range(len(requests))]
@@ -198,6 +215,7 @@ class Producer(Reads):
             k.tenant_jobs(tenant),
             k.job_children(job_id),
             k.waiting,
+            k.cache(tenant, cache_key(request)) if request.cache_ttl_s else k.cache(tenant, ""),
         ]
         args = [
             *self.config,
@@ -217,6 +235,9 @@ class Producer(Reads):
             parent.queue if parent else "",
             request.on_child_failure,
             int((time.time() + self.settings.flow_check_s) * 1000),
+            request.callback_url or "",
+            "1" if request.cache_ttl_s else "0",
+            request.cache_ttl_s or "",
         ]
         for child in children:
             args += (child.job_id, child.queue)
@@ -574,11 +595,45 @@ class Producer(Reads):
     async def ack_flow_tasks(self, queue: str, entry_ids: Sequence[str]) -> None:
         """Flow tasks carried out: acknowledged and deleted, so the stream holds only what is
         still to do."""
-        flow = self.keys(queue).flow
+        await self._ack_and_delete(self.keys(queue).flow, FLOW_GROUP, entry_ids)
+
+    async def ack_callbacks(self, queue: str, entry_ids: Sequence[str]) -> None:
+        """Callback deliveries done (or rescheduled into the due set)."""
+        await self._ack_and_delete(self.keys(queue).callbacks, CALLBACKS_GROUP, entry_ids)
+
+    async def _ack_and_delete(self, stream: str, group: str, entry_ids: Sequence[str]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xack(flow, FLOW_GROUP, *entry_ids)
-            pipe.xdel(flow, *entry_ids)
+            pipe.xack(stream, group, *entry_ids)
+            pipe.xdel(stream, *entry_ids)
             await pipe.execute()
+
+    async def record_callback(
+        self,
+        queue: str,
+        job_id: str,
+        status: str,
+        attempts: int,
+        error: str = "",
+        retry_at_ms: int | None = None,
+    ) -> bool:
+        """How a callback delivery went (`delivered`, `pending` with its next try at
+        `retry_at_ms`, `failed`). False: the job expired meanwhile."""
+        k = self.keys(queue)
+        written = await self.scripts.run(
+            "callback",
+            keys=[k.job(job_id), k.callbacks_due],
+            args=[*self.config, job_id, status, attempts, error, retry_at_ms or ""],
+        )
+        return bool(written)
+
+    async def callbacks_due(self, queue: str, limit: int = 100) -> int | None:
+        """Put callbacks whose next try is due back in the stream; when the next one is due
+        (ms), or None."""
+        k = self.keys(queue)
+        _, next_due = await self.scripts.run(
+            "callbacks_due", keys=[k.callbacks_due, k.callbacks], args=[*self.config, limit]
+        )
+        return None if int(next_due) < 0 else int(next_due)
 
     async def ack_dead_letter(self, queue: str, entry_id: str) -> None:
         await self.redis.xack(self.keys(queue).dead, FAILURE_GROUP, entry_id)
@@ -602,6 +657,7 @@ class Producer(Reads):
             (k.jobs, CONSUMER_GROUP),
             (k.dead, FAILURE_GROUP),
             (k.flow, FLOW_GROUP),
+            (k.callbacks, CALLBACKS_GROUP),
         ):
             try:
                 consumers = await self.redis.xinfo_consumers(stream, group)

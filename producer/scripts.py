@@ -24,6 +24,7 @@ from redis.exceptions import NoScriptError
 
 from schemas.events import EventType, StepState
 from schemas.keys import (
+    CALLBACKS_SUFFIX,
     CONSUMER_GROUP,
     FLOW_GROUP,
     FLOW_SUFFIX,
@@ -68,6 +69,7 @@ def lua_constants() -> str:
         f"local JOB_CHILDREN_SUFFIX = '{JOB_CHILDREN_SUFFIX}'\n"
         f"local FLOW_GROUP = '{FLOW_GROUP}'\n"
         f"local FLOW_SUFFIX = '{FLOW_SUFFIX}'\n"
+        f"local CALLBACKS_SUFFIX = '{CALLBACKS_SUFFIX}'\n"
         f"local TASK_CHILD_ENDED = '{TASK_CHILD_ENDED}'\n"
         f"local TASK_CANCEL_CHILDREN = '{TASK_CANCEL_CHILDREN}'\n"
         + "".join(f"local {name} = '{value}'\n" for name, value in names)

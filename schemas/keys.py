@@ -17,6 +17,8 @@ JOB_EVENTS_SUFFIX = ":events"  # a job's own events stream: its hash's key and t
 JOB_STEPS_SUFFIX = ":steps"  # a job's recorded steps (hash): its hash's key and this
 JOB_CHILDREN_SUFFIX = ":children"  # a parent's children (hash): its hash's key and this
 FLOW_SUFFIX = ":flow"  # a queue's flow tasks (stream): its base and this
+CALLBACKS_SUFFIX = ":callbacks"  # a queue's callbacks to deliver (stream): its base and this
+CALLBACKS_GROUP = "callbacks"
 # The group in which workers carry out a queue's flow tasks, and the tasks' names.
 FLOW_GROUP = "flow"
 TASK_CHILD_ENDED = "child_ended"
@@ -84,6 +86,21 @@ class QueueKeys:
         them and carried out at least once by its workers: `child_ended` (tell a parent,
         perhaps on another queue or cluster slot) and `cancel_children`."""
         return f"{self.base}{FLOW_SUFFIX}"
+
+    @property
+    def callbacks(self) -> str:
+        """Stream, group `callbacks`: ended jobs whose `callback_url` is to be POSTed to,
+        written by the script that ends the job, delivered at least once by its workers."""
+        return f"{self.base}{CALLBACKS_SUFFIX}"
+
+    @property
+    def callbacks_due(self) -> str:
+        """Sorted set: job ids whose failed callback is tried again, scored by when (ms)."""
+        return f"{self.base}:callbacks:due"
+
+    def cache(self, tenant: str, key: str) -> str:
+        """String, expiring: the job that did this tenant's work `key` (`cache_ttl_s`)."""
+        return f"{self.base}:cache:{tenant}:{key}"
 
     @property
     def waiting(self) -> str:

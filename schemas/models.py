@@ -47,6 +47,26 @@ class SubmitRequest(BaseModel):
             f"{MAX_FLOW_DEPTH} levels; a child without `queue` goes to its parent's"
         ),
     )
+    callback_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://",
+        description="when the job ends, its snapshot is POSTed here, signed per the Standard "
+        "Webhooks spec with the tenant's secret, retried with backoff",
+    )
+    cache_ttl_s: int | None = Field(
+        default=None,
+        ge=1,
+        le=30 * 24 * 3600,
+        description="when the same tenant's same work (`cache_key`) succeeded within this "
+        "many seconds, answer 200 with that job (`Conveyor-Cache: hit`) and run nothing",
+    )
+    cache_key: str | None = Field(
+        default=None,
+        pattern=r"^[\x21-\x7e]{1,255}$",
+        description="what counts as the same work (default: a hash of the type and the "
+        "canonical payload)",
+    )
     on_child_failure: Literal["fail", "continue"] = Field(
         default="fail",
         description="a child failed or was cancelled: `fail` this job at once (and cancel "
@@ -61,8 +81,12 @@ class SubmitRequest(BaseModel):
 
     @model_validator(mode="after")
     def _a_flow_fits(self) -> SubmitRequest:
+        if self.cache_key is not None and self.cache_ttl_s is None:
+            raise ValueError("cache_key: set cache_ttl_s too, for how long a result is reused")
         if self.children and self.delay_s:
             raise ValueError("delay_s: a job with children starts when they end, not later")
+        if any(child.cache_ttl_s for child in self.children):
+            raise ValueError("children: a child is not served from cache (its parent may be)")
         if self.children and self.flow_depth() > MAX_FLOW_DEPTH:
             raise ValueError(f"children: at most {MAX_FLOW_DEPTH} levels of children")
         if self.children and self.flow_size() > MAX_FLOW_JOBS:
@@ -122,6 +146,16 @@ class StepRecord(BaseModel):
         return [cls.model_validate(record) for record in parsed]
 
 
+class CallbackState(BaseModel):
+    """Where a job's `callback_url` delivery stands: `pending` (not yet, or being retried),
+    `delivered` (a 2xx), `failed` (retries given up)."""
+
+    url: str
+    status: Literal["waiting", "pending", "delivered", "failed"]
+    attempts: int = 0
+    last_error: str | None = None
+
+
 class ChildCounts(BaseModel):
     """A parent's children by how they stand: `pending` have not ended yet."""
 
@@ -166,6 +200,7 @@ class Job(BaseModel):
     parent_id: str | None = None
     children: ChildCounts | None = None
     on_child_failure: str | None = None
+    callback: CallbackState | None = None
 
     @field_validator(
         "stage", "message", "owner", "error", "last_event_id", "parent_id", mode="before"
@@ -211,7 +246,19 @@ class Job(BaseModel):
             parent_id=fields.get("parent_id"),
             children=_child_counts(fields),
             on_child_failure=fields.get("on_child_failure") or None,
+            callback=_callback(fields),
         )
+
+
+def _callback(fields: Mapping[str, str]) -> CallbackState | None:
+    if not fields.get("callback_url"):
+        return None
+    return CallbackState(
+        url=fields["callback_url"],
+        status=fields.get("callback_status") or "waiting",  # type: ignore[arg-type]
+        attempts=int(fields.get("callback_attempts") or 0),
+        last_error=fields.get("callback_error") or None,
+    )
 
 
 def _child_counts(fields: Mapping[str, str]) -> ChildCounts | None:

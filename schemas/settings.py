@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -136,6 +138,13 @@ class Settings(BaseSettings):
     ingest_connect_timeout_s: float = 10.0
     ingest_read_timeout_s: float = 60.0
 
+    # Callbacks (`callback_url`): Standard Webhooks signatures with each tenant's secret
+    # (`tenant=whsec_<base64>` pairs), retried with backoff for this long after the job ended.
+    webhook_secrets: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    callback_retry_s: float = Field(default=24 * 3600, ge=0)
+    callback_timeout_s: float = Field(default=10.0, gt=0)
+    callback_backoff_base_s: float = Field(default=1.0, gt=0)
+
     @field_validator("queues", "ingest_allowed_hosts", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
@@ -164,6 +173,39 @@ class Settings(BaseSettings):
                 )
             pairs[key] = tenant
         return pairs
+
+    @field_validator("webhook_secrets", mode="before")
+    @classmethod
+    def _tenant_secret_pairs(cls, value: object) -> object:
+        """`tenant=whsec_...,tenant=whsec_...`, split at each item's first `=` (a secret's
+        base64 may end in `=`)."""
+        if not isinstance(value, str):
+            return value
+        pairs: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            tenant, sep, secret = item.partition("=")
+            if not sep or not tenant.strip() or not secret.strip():
+                raise ValueError("CONVEYOR_WEBHOOK_SECRETS entries are tenant=whsec_<base64>")
+            pairs[tenant.strip()] = secret.strip()
+        return pairs
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _secrets_as_the_spec_writes_them(cls, value: dict[str, str]) -> dict[str, str]:
+        for tenant, secret in value.items():
+            body = secret.removeprefix("whsec_")
+            try:
+                ok = (
+                    secret.startswith("whsec_") and len(base64.b64decode(body, validate=True)) >= 16
+                )
+            except binascii.Error:
+                ok = False
+            if not ok:
+                raise ValueError(
+                    f"CONVEYOR_WEBHOOK_SECRETS: the secret of tenant {tenant!r} must be whsec_ "
+                    "followed by the base64 of at least 16 random bytes"
+                )
+        return value
 
     @field_validator("api_keys")
     @classmethod

@@ -186,6 +186,10 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
         )
 
 
+# For other outbound calls to addresses users choose (callbacks): the same guard.
+GuardedTransport = _GuardedTransport
+
+
 def _check_scheme(url: httpx.URL) -> None:
     if url.scheme not in ("http", "https"):
         raise IngestRefused(f"only http and https URLs are ingested, not {url.scheme or 'this'}:")

@@ -17,6 +17,7 @@ from gateway.access import job_path, own_job, page_links, resource
 from gateway.artifacts import artifact_url
 from gateway.deps import Gateway, GatewayDep, Tenant
 from gateway.errors import (
+    CallbackNotSigned,
     QueueNotConfigured,
     RedisUnavailable,
     conveyor_error_body,
@@ -45,6 +46,7 @@ MAYBE_CREATED = (
 )
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+CACHE_HEADER = "Conveyor-Cache"
 
 SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
     **{k: v for k, v in ERRORS.items() if k != 404},
@@ -56,7 +58,14 @@ SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
     "",
     status_code=202,
     response_model=JobResource,
-    responses=SUBMIT_ERRORS,
+    responses={
+        200: {
+            "model": JobResource,
+            "description": f"`cache_ttl_s`: the same work succeeded within it: that job, with "
+            f"`{CACHE_HEADER}: hit`, and nothing runs",
+        },
+        **SUBMIT_ERRORS,
+    },
 )
 async def submit(
     body: SubmitRequest,
@@ -71,7 +80,7 @@ async def submit(
     settings = gw.settings
     if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         return _bad_header("Idempotency-Key", "must be 1-255 visible ASCII characters")
-    body = _accepted(gw, body)
+    body = _accepted(gw, body, tenant)
     try:
         async with redis_deadline(settings.redis_timeout_s):
             job = None
@@ -84,6 +93,10 @@ async def submit(
                 job = await gw.producer.get(submitted.queue, submitted.job_id)
                 if submitted.created:
                     gw.metrics.submits.labels(body.type).inc()
+                if body.cache_ttl_s:
+                    response.headers[CACHE_HEADER] = "hit" if submitted.cached else "miss"
+                if submitted.cached:  # an earlier job's result: nothing was accepted to run
+                    response.status_code = 200
     except RedisUnavailable as exc:
         # The script may have run before the answer was lost: say so, and how to find out.
         raise RedisUnavailable(f"{exc}; {MAYBE_CREATED}") from exc
@@ -95,12 +108,14 @@ async def submit(
     return resource(gw, job)
 
 
-def _accepted(gw: Gateway, body: SubmitRequest) -> SubmitRequest:
+def _accepted(gw: Gateway, body: SubmitRequest, tenant: str) -> SubmitRequest:
     """The body with its queues defaulted (the first configured queue; a child's parent's),
-    once every job of it has a queue and a type known here."""
+    once every job of it has a queue and a type known here, and a callback can be signed."""
     settings = gw.settings
     body = body.with_queues(settings.queues[0])
     for job in body.flow():
+        if job.callback_url and tenant not in settings.webhook_secrets:
+            raise CallbackNotSigned(tenant)
         if job.queue not in settings.queues:
             raise QueueNotConfigured(job.queue, settings.queues)
         if job.type not in gw.job_types:
@@ -122,7 +137,7 @@ async def submit_bulk(body: BulkSubmit, gw: GatewayDep, tenant: Tenant) -> Any:
     accepted: list[tuple[int, SubmitRequest]] = []
     for i, raw in enumerate(body.jobs):
         try:
-            accepted.append((i, _accepted(gw, SubmitRequest.model_validate(raw))))
+            accepted.append((i, _accepted(gw, SubmitRequest.model_validate(raw), tenant)))
         except ValidationError as exc:
             results[i] = BulkItem(status=422, error=validation_body(exc.errors(), ["jobs", i]))
         except ConveyorError as exc:

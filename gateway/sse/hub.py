@@ -59,9 +59,7 @@ PING_SLICE = 500
 class Hub:
     """Reads every configured queue's events stream once and fans the events out."""
 
-    def __init__(
-        self, store: Producer, settings: Settings, metrics: Metrics | None = None
-    ) -> None:
+    def __init__(self, store: Producer, settings: Settings, metrics: Metrics | None = None) -> None:
         # Its own store, on a connection whose timeout outlasts the reader's XREAD BLOCK.
         self.store = store
         self.settings = settings

@@ -32,7 +32,8 @@ if action == STEP_STARTED then
   end
   redis.call('HSET', KEYS[4], name, cjson.encode({name = name, state = STEP_STARTED,
     attempt = tonumber(ARGV[5]), seq = seq, started_at = now}))
-  redis.call('HSET', KEYS[2], 'stage', name, 'steps', '1', 'updated_at', tostring(now))
+  redis.call('HSET', KEYS[2], 'stage', name, 'steps', '1', 'on_end', '1',
+    'updated_at', tostring(now))
   emit(KEYS[1], KEYS[2], KEYS[3], JOB_STEP, {step = name, state = STEP_STARTED})
   return {STEP_STARTED}
 end
@@ -53,6 +54,6 @@ else
   encoded = cjson.encode(record)
 end
 redis.call('HSET', KEYS[4], name, encoded)
-redis.call('HSET', KEYS[2], 'steps', '1', 'updated_at', tostring(now))
+redis.call('HSET', KEYS[2], 'steps', '1', 'on_end', '1', 'updated_at', tostring(now))
 emit(KEYS[1], KEYS[2], KEYS[3], JOB_STEP, data)
 return {'recorded'}

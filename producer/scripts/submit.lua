@@ -4,14 +4,18 @@
 -- KEYS[1] jobs stream      KEYS[2] events stream   KEYS[3] job hash   KEYS[4] job events stream
 -- KEYS[5] delayed zset     KEYS[6] idempotency key ('' semantics: ARGV[14] == '0')
 -- KEYS[7] tenant's job index zset  KEYS[8] children hash  KEYS[9] waiting parents zset
+-- KEYS[10] cache key (used when ARGV[20] is '1')
 -- ARGV[5] job_id  ARGV[6] queue  ARGV[7] type  ARGV[8] tenant  ARGV[9] payload JSON
 -- ARGV[10] max_attempts  ARGV[11] timeout_s  ARGV[12] delay_ms  ARGV[13] job key prefix
 -- ARGV[14] '1' if an Idempotency-Key was given
 -- ARGV[15] parent id ('' for none)  ARGV[16] parent queue  ARGV[17] on_child_failure
 -- ARGV[18] when to check first that its children exist (ms)
--- ARGV[19..] its children, as pairs: child id, child queue
+-- ARGV[19] callback URL ('' for none)  ARGV[20] '1' to look in the cache first
+-- ARGV[21] cache TTL in s, for its entry once the job succeeds
+-- ARGV[22..] its children, as pairs: child id, child queue
 -- Returns {1, job_id} when created, {0, existing_job_id} for a repeated Idempotency-Key,
--- {-1, ''} when the key names another tenant's job (nothing written).
+-- {2, cached_job_id} when the cache names a job that succeeded (nothing created), {-1, ''}
+-- when the key names another tenant's job (nothing written).
 --@include common
 
 local job_id, queue, job_type, tenant = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
@@ -28,8 +32,18 @@ if ARGV[14] == '1' then
     end
     return {-1, ''}
   end
-  redis.call('SET', KEYS[6], job_id)
 end
+
+-- The cache names the job that did this tenant's same work (its key holds the tenant), set
+-- when that job succeeded; a failed or cancelled job never gets there.
+if ARGV[20] == '1' then
+  local cached = redis.call('GET', KEYS[10])
+  if cached and redis.call('HGET', ARGV[13] .. cached, 'status') == SUCCEEDED then
+    if ARGV[14] == '1' then redis.call('SET', KEYS[6], cached, 'EX', IDEM_TTL_S) end
+    return {2, cached}
+  end
+end
+if ARGV[14] == '1' then redis.call('SET', KEYS[6], job_id) end
 
 local now = now_ms()
 local ts = tostring(now)
@@ -37,11 +51,11 @@ local ts = tostring(now)
 -- written once (a read-back `emit` and three HSETs cost a submit 20% more). `wait_field`
 -- says where it waits: its entry in the jobs stream, or its due time.
 local status, event, data, wait_field, wait_value = QUEUED, JOB_QUEUED, '{}', 'entry_id', nil
-local children = (#ARGV - 18) / 2
+local children = (#ARGV - 21) / 2
 if children > 0 then
   status, event, data = WAITING, JOB_WAITING, '{"children":' .. children .. '}'
   wait_field, wait_value = 'children', tostring(children)
-  for i = 19, #ARGV, 2 do
+  for i = 22, #ARGV, 2 do
     redis.call('HSET', KEYS[8], ARGV[i], cjson.encode({queue = ARGV[i + 1], status = 'pending'}))
   end
   redis.call('ZADD', KEYS[9], ARGV[18], job_id)
@@ -66,6 +80,11 @@ if children > 0 then
 end
 if ARGV[15] ~= '' then
   redis.call('HSET', KEYS[3], 'parent_id', ARGV[15], 'parent_queue', ARGV[16])
+end
+if ARGV[19] ~= '' then redis.call('HSET', KEYS[3], 'callback_url', ARGV[19]) end
+if ARGV[20] == '1' then redis.call('HSET', KEYS[3], 'cache_key', KEYS[10], 'cache_ttl', ARGV[21]) end
+if children > 0 or ARGV[15] ~= '' or ARGV[19] ~= '' or ARGV[20] == '1' then
+  redis.call('HSET', KEYS[3], 'on_end', '1')  -- see `job_ended`
 end
 redis.call('ZADD', KEYS[7], now, job_id)
 -- The index outlives no job: ids older than the retention have expired hashes.

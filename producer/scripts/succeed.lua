@@ -14,7 +14,7 @@ local ended = {}  -- entries whose delivery ends here, acknowledged and deleted 
 
 local function succeed(job_key, job_events_key, entry_id, attempt, result, artifacts, data)
   local j = redis.call('HMGET', job_key, 'status', 'attempt', 'id', 'queue', 'type', 'tenant',
-    'idem_key', 'steps', 'children', 'parent_id')
+    'idem_key', 'on_end')
   -- The fencing check (`holds_lease`), from the fields read once for the whole change.
   if j[1] ~= RUNNING or j[2] ~= attempt then return 0 end
   check_transition(RUNNING, SUCCEEDED)
@@ -24,7 +24,7 @@ local function succeed(job_key, job_events_key, entry_id, attempt, result, artif
   redis.call('HSET', job_key, 'status', SUCCEEDED, 'result', result, 'artifacts', artifacts,
     'progress', '100', 'finished_at', now, 'updated_at', now, 'last_event_id', id)
   if attempt ~= '1' then redis.call('HSET', job_key, 'error', '') end  -- a retry's old error
-  job_ended(job_key, job_events_key, SUCCEEDED, {j[7], j[8], j[9], j[10]})
+  job_ended(job_key, job_events_key, SUCCEEDED, {j[7], j[8]})
   return 1
 end
 

@@ -398,6 +398,9 @@ def test_producer_submit_request_is_the_documented_body() -> None:
         "timeout_s",
         "children",
         "on_child_failure",
+        "callback_url",
+        "cache_ttl_s",
+        "cache_key",
     }
 
 
@@ -771,3 +774,68 @@ async def test_retry_from_start_is_accepted_and_says_so(
     assert response.status_code == 202 and response.json()["job"]["steps"] == []
     history = (await client.get(f"/v1/jobs/{body['id']}/history", headers=A)).json()
     assert history[-1]["data"] == {"manual_retry": True, "from_start": True}
+
+
+# --- the result cache ------------------------------------------------------------------------
+
+
+async def cache_submit(
+    client: httpx.AsyncClient, headers: dict[str, str] = A, **body: Any
+) -> httpx.Response:
+    return await client.post(
+        "/v1/jobs", json={"type": "noop", "cache_ttl_s": 60, **body}, headers=headers
+    )
+
+
+async def test_the_same_work_succeeded_is_served_from_cache_and_runs_nothing(
+    client: httpx.AsyncClient, producer: Producer, queue_name: str
+) -> None:
+    first = await cache_submit(client, payload={"url": "u", "lang": "fr"})
+    assert first.status_code == 202 and first.headers["Conveyor-Cache"] == "miss"
+    job_id = first.json()["id"]
+    # Before it succeeded, the same work is another job.
+    early = await cache_submit(client, payload={"lang": "fr", "url": "u"})
+    assert early.status_code == 202 and early.json()["id"] != job_id
+    await producer.cancel(queue_name, early.json()["id"])
+    await run_to_success(producer, queue_name, job_id, {"text": "bonjour"})
+    queued = await producer.redis.xlen(producer.keys(queue_name).jobs)
+
+    hit = await cache_submit(client, payload={"lang": "fr", "url": "u"})  # keys in any order
+    assert hit.status_code == 200 and hit.headers["Conveyor-Cache"] == "hit"
+    assert hit.json()["id"] == job_id and hit.json()["result"] == {"text": "bonjour"}
+    assert await producer.redis.xlen(producer.keys(queue_name).jobs) == queued  # nothing new
+    # Another tenant's same work is not this tenant's: it runs.
+    other = await cache_submit(client, B, payload={"url": "u", "lang": "fr"})
+    assert other.status_code == 202 and other.headers["Conveyor-Cache"] == "miss"
+    await producer.cancel(queue_name, other.json()["id"])
+    # An explicit cache_key names the work whatever the payload.
+    keyed = await cache_submit(client, payload={"n": 1}, cache_key="video-42")
+    await run_to_success(producer, queue_name, keyed.json()["id"])
+    again = await cache_submit(client, payload={"n": 2}, cache_key="video-42")
+    assert again.status_code == 200 and again.json()["id"] == keyed.json()["id"]
+
+
+async def test_a_failed_or_cancelled_job_is_never_served_from_cache(
+    client: httpx.AsyncClient, producer: Producer, queue_name: str
+) -> None:
+    failed = (await cache_submit(client, payload={"n": 1})).json()["id"]
+    await producer.ensure_group(queue_name)
+    read = await producer.redis.xreadgroup(
+        CONSUMER_GROUP, "c1", {producer.keys(queue_name).jobs: ">"}, count=1
+    )
+    [delivery] = await producer.start(queue_name, [(read[0][1][0][0], failed)], "c1")
+    await producer.fail(delivery, "boom", retryable=False, backoff_ms=0, default_max_attempts=1)
+    cancelled = (await cache_submit(client, payload={"n": 2})).json()["id"]
+    await producer.cancel(queue_name, cancelled)
+    for payload, earlier in (({"n": 1}, failed), ({"n": 2}, cancelled)):
+        response = await cache_submit(client, payload=payload)
+        assert response.status_code == 202 and response.headers["Conveyor-Cache"] == "miss"
+        assert response.json()["id"] != earlier
+
+
+async def test_cache_options_that_cannot_work_are_422(client: httpx.AsyncClient) -> None:
+    no_ttl = {"type": "noop", "cache_key": "k"}
+    child = {"type": "noop", "children": [{"type": "noop", "cache_ttl_s": 5}]}
+    for body, field in ((no_ttl, "cache_key"), (child, "children")):
+        response = await client.post("/v1/jobs", json=body, headers=A)
+        assert response.status_code == 422 and field in response.json()["message"]

@@ -10,6 +10,7 @@ import pytest
 from producer.scripts import SCRIPT_DIR, SCRIPT_NAMES, lua_constants, script_source
 from schemas.events import EventType, StepState
 from schemas.keys import (
+    CALLBACKS_SUFFIX,
     CONSUMER_GROUP,
     FLOW_GROUP,
     FLOW_SUFFIX,
@@ -34,6 +35,7 @@ OWNED_BY_PYTHON = {
     JOB_STEPS_SUFFIX,
     JOB_CHILDREN_SUFFIX,
     FLOW_SUFFIX,
+    CALLBACKS_SUFFIX,
     TASK_CHILD_ENDED,
     TASK_CANCEL_CHILDREN,
 }

@@ -82,33 +82,47 @@ local function emit(events_key, job_key, job_events_key, event, data)
 end
 
 -- The fields `job_ended` needs, in this order: read with the caller's own HMGET where it has
--- one (the drain's `succeed` does), so a plain job pays no extra command for flows or steps.
-local ENDED_FIELDS = {'idem_key', 'steps', 'children', 'parent_id'}
+-- one (the drain's `succeed` does). `on_end` is '1' on a job that asked for more than expiry
+-- when it ends (steps, a flow, a cache entry, a callback): a plain job pays nothing for those.
+local ENDED_FIELDS = {'idem_key', 'on_end'}
 
--- The queue's flow stream (`conveyor:{q}:flow`), from a job key of the same queue: the same
--- slot, so a script of that queue may write it.
-local function flow_key_of(job_key)
-  return string.match(job_key, '^(.*):job:[^:]*$') .. FLOW_SUFFIX
+-- A key of the job's queue (`conveyor:{q}` and `suffix`), from a key of one of its jobs: the
+-- same slot, so a script of that queue may write it.
+local function queue_key(job_key, suffix)
+  return string.match(job_key, '^(.*):job:[^:]*$') .. suffix
 end
 
 -- The job has ended (the caller wrote its terminal status): keep its snapshot, history,
 -- steps and children for RETENTION_S, its idempotency key for IDEM_TTL_S, then let Redis
--- forget them. A child tells its parent through a `child_ended` flow task in its own queue's
--- flow stream, written here in the same step as its end: the parent may live on another
--- queue, so in another cluster slot, and a worker carries the task there (at least once; the
--- parent's `child_ended` script counts each child once). `f` is ENDED_FIELDS as the caller
--- read them, or nil to read them here.
+-- forget them. In the same step, what its end sets off:
+-- - a child tells its parent through a `child_ended` task in its own queue's flow stream:
+--   the parent may live on another queue, so in another cluster slot, and a worker carries
+--   the task there (at least once; the parent's `child_ended` script counts each child once);
+-- - a success is remembered for `cache_ttl_s` under its cache key;
+-- - a job with a `callback_url` is queued for delivery in the queue's callbacks stream.
+-- `f` is ENDED_FIELDS as the caller read them, or nil to read them here.
 local function job_ended(job_key, job_events_key, status, f)
   f = f or redis.call('HMGET', job_key, unpack(ENDED_FIELDS))
   redis.call('EXPIRE', job_key, RETENTION_S)
   redis.call('EXPIRE', job_events_key, RETENTION_S)
   if f[1] and f[1] ~= '' then redis.call('EXPIRE', f[1], IDEM_TTL_S) end
-  if f[2] == '1' then redis.call('EXPIRE', job_key .. JOB_STEPS_SUFFIX, RETENTION_S) end
-  if f[3] and f[3] ~= '' then redis.call('EXPIRE', job_key .. JOB_CHILDREN_SUFFIX, RETENTION_S) end
-  if f[4] and f[4] ~= '' then
-    local c = redis.call('HMGET', job_key, 'id', 'parent_queue', 'error')
-    redis.call('XADD', flow_key_of(job_key), '*', 'task', TASK_CHILD_ENDED, 'parent_queue', c[2],
-      'parent_id', f[4], 'child_id', c[1], 'status', status, 'error', c[3] or '')
+  if f[2] ~= '1' then return end
+  local g = redis.call('HMGET', job_key, 'id', 'steps', 'children', 'parent_id', 'parent_queue',
+    'error', 'cache_key', 'cache_ttl', 'callback_url')
+  if g[2] == '1' then redis.call('EXPIRE', job_key .. JOB_STEPS_SUFFIX, RETENTION_S) end
+  if g[3] and g[3] ~= '' then redis.call('EXPIRE', job_key .. JOB_CHILDREN_SUFFIX, RETENTION_S) end
+  if g[4] and g[4] ~= '' then
+    redis.call('XADD', queue_key(job_key, FLOW_SUFFIX), '*', 'task', TASK_CHILD_ENDED,
+      'parent_queue', g[5], 'parent_id', g[4], 'child_id', g[1], 'status', status,
+      'error', g[6] or '')
+  end
+  if status == SUCCEEDED and g[7] and g[7] ~= '' then
+    redis.call('SET', g[7], g[1], 'EX', g[8])
+  end
+  if g[9] and g[9] ~= '' then
+    redis.call('HSET', job_key, 'callback_status', 'pending', 'callback_attempts', '0',
+      'callback_error', '')
+    redis.call('XADD', queue_key(job_key, CALLBACKS_SUFFIX), '*', 'job_id', g[1])
   end
 end
 
