@@ -199,7 +199,3 @@ def declare(
 def functions(settings: Settings, handlers: str | None = None) -> dict[str, Handler]:
     declared = getattr(load_worker_settings(handlers or settings.handlers), "functions", ())
     return {f.name: f for f in map(declare, declared)}
-
-
-def job_types(settings: Settings) -> set[str]:
-    return set(functions(settings))

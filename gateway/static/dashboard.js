@@ -293,7 +293,7 @@ async function connect() {
     ]);
     page = data;
     serverNow = Date.parse(response.headers.get("Date") || "") || Date.now();
-    fillJobTypes(types.types);
+    fillJobTypes(types.map((t) => t.name));
   } catch (err) {
     if (err.status === 401) {
       setConnection("API key rejected", "error");
