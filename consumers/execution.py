@@ -17,6 +17,7 @@ from arq.worker import Function
 
 from consumers import metrics
 from consumers.context import JobContext, ThreadContext
+from consumers.registry import Handler
 from consumers.steps import Steps
 from producer import Delivery, Lease
 from schemas.errors import PermanentError
@@ -117,7 +118,7 @@ class Runner:
         `running.stop_reason` says which."""
         d = running.delivery
         function = self.functions.get(d.type)
-        if not isinstance(function, Function):  # arq keeps cron jobs here too; we run none
+        if not isinstance(function, Handler):  # arq keeps cron jobs here too; we run none
             function = None
         log = logger_for(d)
         if function is None:
@@ -139,11 +140,13 @@ class Runner:
             if d.parent:
                 ctx.children = await self.producer.children_of(d.queue, d.job_id)
             try:
+                # A payload that cannot fit fails here, permanently (InvalidPayload).
+                args, kwargs = function.payload.arguments(d.type, d.payload)
                 if function.name in self.threaded:
-                    result = await self.in_thread(function, ctx, d.payload)
+                    result = await self.in_thread(function, ctx, args, kwargs)
                 else:
                     # arq types ctx as a dict; ours is a JobContext that also answers ctx[...].
-                    result = await function.coroutine(ctx, **d.payload)  # type: ignore[arg-type]
+                    result = await function.coroutine(ctx, *args, **kwargs)  # type: ignore[arg-type]
             finally:
                 running.deadline = None  # the timeout covers the handler, not our writes
         except asyncio.CancelledError:
@@ -165,7 +168,9 @@ class Runner:
             return
         self.outcomes.succeeded(running, result, ctx)
 
-    async def in_thread(self, function: Function, ctx: JobContext, payload: dict[str, Any]) -> Any:
+    async def in_thread(
+        self, function: Function, ctx: JobContext, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         """A `def` handler blocks: a thread of the pool runs it, the loop stays free for
         leases, cancels, progress and other jobs. A thread cannot be cancelled: on a cancel or
         a timeout the job ends at once and `ctx.cancel_requested` tells the handler to stop."""
@@ -173,7 +178,8 @@ class Runner:
         loop = asyncio.get_running_loop()
         in_thread = ThreadContext(ctx, loop)
         try:
-            return await loop.run_in_executor(self.threads, partial(handler, in_thread, **payload))
+            call = partial(handler, in_thread, *args, **kwargs)
+            return await loop.run_in_executor(self.threads, call)
         except asyncio.CancelledError:
             ctx.cancel_requested = True
             raise
@@ -200,6 +206,13 @@ class Runner:
         )
 
         async def submit(request: SubmitRequest, key: str) -> str:
+            # A follow-up of a type this worker knows is checked as the gateway would check
+            # it: a payload that cannot fit fails this job now (InvalidPayload), not the
+            # follow-up later.
+            for job in request.flow():
+                handler = self.functions.get(job.type)
+                if isinstance(handler, Handler):
+                    handler.payload.arguments(job.type, job.payload)
             tenant = await self.producer.tenant_of(d.queue, d.job_id)
             submitted = await self.producer.submit(request, tenant=tenant, idempotency_key=key)
             return submitted.job_id

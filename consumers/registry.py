@@ -1,22 +1,44 @@
-"""Finding the worker settings (arq style) that declare the job types and their handlers.
+"""Finding the worker settings (arq style) that declare the job types and their handlers,
+and what each handler takes as its payload.
 
-The gateway uses the same lookup to learn the type names, so it can refuse an unknown type
-with a 422 before anything is queued; it never runs the handlers.
+The gateway uses the same lookup to learn the types and their payload models (handed to it
+by conveyor/gateway_app.py), so it can refuse an unknown type, or a payload that does not
+fit, with a 422 before anything is queued; it never runs the handlers.
+
+A handler's payload model is derived here, once, when it is declared:
+
+    async def resize(ctx, url: str, width: int = 640)   typed keyword arguments: a model of
+                                                        those fields, nothing else allowed
+    async def resize(ctx, url: str, **options)          the same, other fields allowed too
+    async def resize(ctx, job: Resize)                  one parameter annotated with a
+                                                        pydantic model: that model, and the
+                                                        handler gets the validated instance
+    async def noop(ctx, **payload)                      any JSON object
+    declare(resize, payload=Resize)                     that model, for a handler that takes
+                                                        its fields as keyword arguments
+
+A parameter without an annotation takes any JSON value; `Annotated[int, Field(ge=1)]`
+constrains one and documents it. Plain `def` handlers are derived the same way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 from arq.utils import import_string
 from arq.worker import Function, func
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic.errors import PydanticUndefinedAnnotation
 
+from schemas.errors import InvalidPayload
 from schemas.settings import Settings
 
 
@@ -41,29 +63,139 @@ def load_worker_settings(path: str) -> Any:
         raise HandlersNotFound(f"{module_name} has no {attr or 'WorkerSettings'}") from None
 
 
+@dataclass(frozen=True)
+class Payload:
+    """What a handler takes as its payload: the `model` a payload must fit, and how the
+    validated payload is handed over (`arguments`)."""
+
+    model: type[BaseModel]
+    signature: inspect.Signature
+    whole: bool  # the handler's one payload parameter takes the validated model itself
+    # model field -> the handler's parameter: fields are aliased by parameter name, so that
+    # a parameter called `json` or `_raw` is a field like any other
+    parameters: dict[str, str]
+
+    def arguments(
+        self, job_type: str, payload: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The handler's arguments after `ctx`, checked before it is called: a payload that
+        cannot fit raises `InvalidPayload` (permanent), so that a TypeError raised inside
+        the handler's body stays an ordinary error, retried like any other."""
+        try:
+            checked = self.model.model_validate(payload)
+        except ValidationError as exc:
+            raise InvalidPayload.from_validation(job_type, exc) from None
+        args: tuple[Any, ...] = ()
+        kwargs: dict[str, Any] = {}
+        if self.whole:
+            args = (checked,)
+        else:
+            kwargs = {name: getattr(checked, field) for field, name in self.parameters.items()}
+            kwargs.update(checked.model_extra or {})
+        try:
+            self.signature.bind(None, *args, **kwargs)  # None stands for ctx
+        except TypeError as exc:  # an explicit model whose fields the handler does not take
+            error = {"loc": ("payload",), "msg": str(exc), "type": "type_error"}
+            raise InvalidPayload(job_type, [error]) from None
+        return args, kwargs
+
+
+@cache
+def derive(handler: Callable[..., Any], model: type[BaseModel] | None = None) -> Payload:
+    """The payload of `handler` (see the module docstring), or of `model` when one is given.
+    Cached, so a handler declared under several names has one model."""
+    signature = inspect.signature(handler)
+    name = getattr(handler, "__qualname__", type(handler).__name__)
+    if not signature.parameters:
+        raise TypeError(f"handler {name} takes no ctx")
+    params = list(signature.parameters.values())[1:]  # after ctx
+    # pydantic resolves the annotations (postponed ones in the handler's module), so the
+    # model is built first, and tells whether the handler takes a model whole.
+    fields: dict[str, Any] = {}
+    parameters: dict[str, str] = {}
+    for p in params:
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):  # nothing in a payload fills *args
+            annotation = Any if p.annotation is p.empty else p.annotation
+            default = ... if p.default is p.empty else p.default
+            fields[f"p_{p.name}"] = (annotation, Field(default, alias=p.name))
+            parameters[f"p_{p.name}"] = p.name
+    takes_more = any(p.kind is p.VAR_KEYWORD for p in params)
+    derived = create_model(
+        name,  # the JSON Schema's title; a handler's name, never one its annotations use
+        __config__=ConfigDict(extra="allow" if takes_more else "forbid"),
+        __module__=getattr(handler, "__module__", __name__),
+        **fields,
+    )
+    try:
+        derived.model_rebuild()  # an annotation that cannot be resolved fails here, once
+    except PydanticUndefinedAnnotation as exc:
+        raise TypeError(f"handler {name}: {exc.message}") from None
+    whole = _whole_model(derived, params)
+    if whole is not None:
+        if model is not None and not issubclass(model, whole):
+            raise TypeError(f"handler {name} takes {whole.__name__}, not {model.__name__}")
+        return Payload(model or whole, signature, whole=True, parameters={})
+    if any(p.kind is p.POSITIONAL_ONLY for p in params):
+        raise TypeError(f"handler {name} has positional-only parameters: a payload is by name")
+    if model is None:
+        return Payload(derived, signature, whole=False, parameters=parameters)
+    try:
+        signature.bind(None, **dict.fromkeys(model.model_fields))
+    except TypeError as exc:
+        raise TypeError(f"handler {name} does not take {model.__name__}'s fields: {exc}") from None
+    return Payload(model, signature, whole=False, parameters={f: f for f in model.model_fields})
+
+
+def _whole_model(
+    derived: type[BaseModel], params: list[inspect.Parameter]
+) -> type[BaseModel] | None:
+    """The model a handler's one payload parameter is annotated with, if that is its form."""
+    if len(params) != 1:
+        return None
+    (p,) = params
+    if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) or p.default is not p.empty:
+        return None
+    annotation = derived.model_fields[f"p_{p.name}"].annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+@dataclass
+class Handler(Function):
+    """arq's declaration of a handler, and its payload. arq's `Worker` keeps it as it is
+    (its `func()` returns a `Function` unchanged)."""
+
+    payload: Payload = dataclasses.field(kw_only=True)
+
+
 def declare(
     handler: Function | Callable[..., Any] | str,
     *,
     name: str | None = None,
     timeout: float | None = None,
     max_tries: int | None = None,
-) -> Function:
+    payload: type[BaseModel] | None = None,
+) -> Handler:
     """A handler as the worker runs it: arq's `func()` for an `async def` (or an arq
     `Function`, or an import path), and the same declaration for a plain `def`, which arq's
-    `func()` refuses and Conveyor runs in a thread. `functions` may list either as it is."""
+    `func()` refuses and Conveyor runs in a thread; with its payload derived, or `payload`
+    as its model. `functions` may list either as it is."""
     if isinstance(handler, str):
         handler = import_string(handler)
+    if isinstance(handler, Handler) and payload is None:
+        return handler
     if isinstance(handler, Function) or inspect.iscoroutinefunction(handler):
-        return func(handler, name=name, timeout=timeout, max_tries=max_tries)
-    if not callable(handler):
+        declared = func(handler, name=name, timeout=timeout, max_tries=max_tries)
+    elif callable(handler):
+        declared = Function(name or handler.__qualname__, handler, timeout, None, None, max_tries)
+    else:
         raise TypeError(f"{handler!r} is not a handler")
-    return Function(name or handler.__qualname__, handler, timeout, None, None, max_tries)
+    arq_fields = {f.name: getattr(declared, f.name) for f in dataclasses.fields(Function)}
+    coroutine: Callable[..., Any] = declared.coroutine
+    return Handler(**arq_fields, payload=derive(coroutine, payload))
 
 
-def functions(settings: Settings, handlers: str | None = None) -> dict[str, Function]:
+def functions(settings: Settings, handlers: str | None = None) -> dict[str, Handler]:
     declared = getattr(load_worker_settings(handlers or settings.handlers), "functions", ())
     return {f.name: f for f in map(declare, declared)}
-
-
-def job_types(settings: Settings) -> set[str]:
-    return set(functions(settings))

@@ -22,7 +22,8 @@ from one module per concern:
 The seam with arq (0.28, pinned to its minor version in pyproject.toml), kept small:
 
 Used as arq ships it
-    `func()`/`Function` declarations (name, timeout, max_tries), `Retry(defer=...)` (its
+    `func()`/`Function` declarations (name, timeout, max_tries; consumers/registry.py's
+    `Handler` is a `Function` that also carries its payload model), `Retry(defer=...)` (its
     `defer_score`), the `ctx` dict with `on_startup`/`on_shutdown`/`on_job_start`/
     `on_job_end` hooks, signal handling with a grace period (`handle_sig_wait_for_completion`:
     clear `allow_pick_jobs`, let running jobs finish for `job_completion_wait`, then cancel

@@ -16,7 +16,7 @@ from conveyor.display import event_line
 from producer import Producer
 from producer.connection import redis_from_url
 from schemas import CONSUMER_GROUP, EventType, Settings, SubmitRequest
-from schemas.errors import UnknownJobType
+from schemas.errors import InvalidPayload, UnknownJobType
 
 
 def _client(settings: Settings) -> aioredis.Redis:
@@ -48,11 +48,13 @@ def submit_command(
 async def _submit(
     settings: Settings, request: SubmitRequest, idempotency_key: str | None, wait: bool, tenant: str
 ) -> int:
-    from consumers.registry import job_types
+    from conveyor.gateway_app import job_types
+    from gateway.payloads import JobTypes
 
-    known = job_types(settings)
-    if request.type not in known:
-        print(UnknownJobType(request.type, sorted(known)), file=sys.stderr)
+    try:  # the gateway's check: what it would refuse is refused here too
+        JobTypes(job_types(settings)).check_flow(request)
+    except (UnknownJobType, InvalidPayload) as exc:
+        print(exc, file=sys.stderr)
         return 2
     redis = _client(settings)
     try:

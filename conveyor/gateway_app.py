@@ -1,21 +1,32 @@
 """The composition root of a gateway process: the app, given what the gateway must not
-build itself. The job types it accepts come from the worker settings (`CONVEYOR_HANDLERS`,
-the same lookup the workers use), so an unknown type is refused with 422 before anything is
-queued; the artifact presigner is one S3 client for the whole process."""
+build itself. The job types it accepts, with their payload models, come from the worker
+settings (`CONVEYOR_HANDLERS`, the same lookup and derivation the workers use), so an
+unknown type or a payload that does not fit is refused with 422 before anything is queued;
+the artifact presigner is one S3 client for the whole process."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
-from consumers.registry import job_types
+from consumers.registry import functions
 from consumers.storage import Storage
 from gateway.app import create_app
+from gateway.payloads import JobType
 from schemas.settings import Settings
 
 
+def job_types(settings: Settings) -> list[JobType]:
+    """The declared handlers as the gateway knows them. Raises
+    `consumers.registry.HandlersNotFound` when they cannot be imported."""
+    return [
+        JobType(f.name, f.payload.model, f.timeout_s, f.max_tries)
+        for f in functions(settings).values()
+    ]
+
+
 def gateway_app(settings: Settings) -> FastAPI:
-    """Raises `consumers.registry.HandlersNotFound` when the handlers cannot be imported:
-    a gateway that guessed its job types would accept jobs nothing runs, or refuse real ones."""
+    """A gateway that guessed its job types would accept jobs nothing runs, or refuse real
+    ones: without the handlers, it does not start (`HandlersNotFound`)."""
     presigner = Storage.from_settings(settings) if settings.s3_endpoint else None
     return create_app(settings, job_types=job_types(settings), presigner=presigner)
 

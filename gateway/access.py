@@ -34,7 +34,18 @@ def resource(gw: Gateway, job: Job) -> JobResource:
         ArtifactResource(**a.model_dump(), url=f"{path}/artifacts/{quote(a.name, safe='')}")
         for a in job.artifacts
     ]
-    return JobResource(**{**job.model_dump(), "artifacts": artifacts}, links=links)
+    # What the worker applies where the submit left them unset: the handler's declaration,
+    # else the settings' defaults (as this gateway knows them).
+    declared = gw.job_types.get(job.type)
+    effective = {
+        "max_attempts": job.max_attempts
+        or (declared and declared.max_tries)
+        or gw.settings.max_attempts,
+        "timeout_s": job.timeout_s
+        or (declared and declared.timeout_s)
+        or gw.settings.job_timeout_s,
+    }
+    return JobResource(**{**job.model_dump(), "artifacts": artifacts, **effective}, links=links)
 
 
 def page_links(gw: Gateway, tenant: str) -> PageLinks:

@@ -1,13 +1,15 @@
 """`create_app(settings, job_types=..., presigner=...)`: the gateway's FastAPI app. Its
 lifespan opens Redis (with socket timeouts, so nothing waits on a frozen server forever), the
-job store and the SSE hub. The job types it accepts and the artifact presigner come from the
-composition root (`conveyor.gateway_app`): the gateway never imports the consumers."""
+job store and the SSE hub. The job types it accepts (with their payload models, or by name
+alone) and the artifact presigner come from the composition root (`conveyor.gateway_app`):
+the gateway never imports the consumers."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from redis.asyncio import Redis
@@ -17,7 +19,9 @@ from gateway.auth import ApiKeys, EventTokens
 from gateway.deps import Gateway
 from gateway.limits import BodyLimit
 from gateway.metrics import Metrics
+from gateway.payloads import JobType, JobTypes
 from gateway.routes import dashboard, events, health, jobs
+from gateway.routes import job_types as job_types_routes
 from gateway.sse.hub import BLOCK_MS, Hub
 from gateway.types import Presigner
 from producer import Producer
@@ -41,10 +45,13 @@ def _redis(settings: Settings, read_timeout_s: float) -> Redis:
 
 
 def create_app(
-    settings: Settings, *, job_types: Iterable[str], presigner: Presigner | None = None
+    settings: Settings,
+    *,
+    job_types: Iterable[str | JobType],
+    presigner: Presigner | None = None,
 ) -> FastAPI:
     metrics = Metrics()
-    accepted = frozenset(job_types)
+    accepted = JobTypes(job_types)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -90,5 +97,15 @@ def create_app(
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(health.router)
+    app.include_router(job_types_routes.router)
     app.include_router(dashboard.router)
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, with each job type's payload (`JobTypes.document`)."""
+        if app.openapi_schema is None:
+            accepted.document(generate(), "/v1/jobs")
+        return generate()  # the document FastAPI built once, as documented
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.auth import FIREHOSE_SCOPE, ApiKeys, EventTokens, job_scope
 from gateway.metrics import Metrics
+from gateway.payloads import JobTypes
 from gateway.sse.hub import Hub
 from gateway.types import Presigner
 from producer import Producer
@@ -27,7 +28,7 @@ class Gateway:
     api_keys: ApiKeys
     tokens: EventTokens
     metrics: Metrics
-    job_types: frozenset[str]
+    job_types: JobTypes
     presigner: Presigner | None
 
 

@@ -5,6 +5,7 @@ ConveyorError (schemas.errors)
 ├── TransitionRefused    409 with the job's current `status`
 ├── IdempotencyConflict  409: the Idempotency-Key names a job the caller does not own
 ├── UnknownJobType       422
+├── InvalidPayload       422 naming each field of the payload that does not fit its type
 └── RedisUnavailable     503 with Retry-After: Redis did not answer within the deadline
 
 and Redis's own refusals: OOM (maxmemory under noeviction) is 503 `store_full`.
@@ -29,6 +30,7 @@ from starlette.exceptions import HTTPException
 from schemas.errors import (
     ConveyorError,
     IdempotencyConflict,
+    InvalidPayload,
     JobNotFound,
     TransitionRefused,
     UnknownJobType,
@@ -101,6 +103,8 @@ def conveyor_error_body(exc: ConveyorError) -> tuple[int, dict[str, Any]]:
     if isinstance(exc, UnknownJobType):
         detail = [{"loc": ["body", "type"], "msg": str(exc), "type": "unknown_job_type"}]
         return 422, {"error": "validation_error", "message": f"body.type: {exc}", "detail": detail}
+    if isinstance(exc, InvalidPayload):
+        return 422, validation_body(exc.errors, ["body"])
     if isinstance(exc, QueueNotConfigured):
         detail = [{"loc": ["body", "queue"], "msg": str(exc), "type": "unknown_queue"}]
         return 422, {"error": "validation_error", "message": f"queue: {exc}", "detail": detail}

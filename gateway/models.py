@@ -66,6 +66,15 @@ class BulkResult(BaseModel):
     results: list[BulkItem] = Field(description="one per submitted item, in order")
 
 
+class JobTypeInfo(BaseModel):
+    """A job type `POST /v1/jobs` accepts, and what its payload must be."""
+
+    name: str
+    payload_schema: dict[str, Any] = Field(description="the JSON Schema a payload must fit")
+    timeout_s: float = Field(description="its handler's timeout, unless a submit sets one")
+    max_tries: int = Field(description="attempts it gets, unless a submit sets `max_attempts`")
+
+
 # The error answers most routes share, for the OpenAPI description (errors.py makes them).
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing or unknown API key"},

@@ -8,11 +8,17 @@ ConveyorError
 ├── LeaseLost            a worker's attempt no longer holds its job: another one took it over
 └── HandlerError         raised by handlers to steer what happens next
     ├── PermanentError   fail now: retrying cannot help (bad input, 4xx upstream)
-    │   └── ResourceExceeded  a child process went over its memory or CPU limit
+    │   ├── ResourceExceeded  a child process went over its memory or CPU limit
+    │   └── InvalidPayload    the payload does not fit the handler (HTTP 422 at the gateway)
     └── RetryableError   fail this attempt: retry with backoff if attempts are left
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import ValidationError
 
 
 class ConveyorError(Exception):
@@ -61,6 +67,30 @@ class PermanentError(HandlerError):
 class ResourceExceeded(PermanentError):
     """A handler's child process (`ctx.run_process`, `ctx.run_command`) went over the memory
     or CPU limit it was given: running it again would go over it again."""
+
+
+class InvalidPayload(PermanentError):
+    """A payload that does not fit its job type's handler. The gateway answers 422 naming the
+    field; a worker that still meets one (a job submitted around the gateway, or before the
+    handler changed) fails the job at once, since no retry can make it fit.
+
+    `errors` are pydantic's (`loc`, `msg`, `type`), each located from the submit body:
+    `("payload", "seconds")`."""
+
+    def __init__(self, job_type: str, errors: Sequence[Mapping[str, Any]]) -> None:
+        self.job_type = job_type
+        self.errors = [{"loc": tuple(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
+        super().__init__(
+            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in self.errors)
+        )
+
+    @classmethod
+    def from_validation(
+        cls, job_type: str, exc: ValidationError, at: Sequence[str | int] = ("payload",)
+    ) -> InvalidPayload:
+        """From the payload model's ValidationError, its locations put under `at`."""
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        return cls(job_type, [{**e, "loc": (*at, *e["loc"])} for e in errors])
 
 
 class RetryableError(HandlerError):

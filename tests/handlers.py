@@ -7,9 +7,10 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from arq.worker import Retry, func
+from pydantic import BaseModel, ConfigDict, Field
 
 from consumers.context import JobContext
 from consumers.errors import PermanentError, RetryableError
@@ -33,7 +34,7 @@ async def upstream_timeout(ctx: JobContext) -> None:
     raise TimeoutError("upstream took too long")
 
 
-async def unstorable(ctx: JobContext, kind: str) -> Any:
+async def unstorable(ctx: JobContext, kind: Literal["deep", "nan", "set"]) -> Any:
     """Returns what JSON cannot carry: its job must fail once, saying why."""
     deep: Any = 1
     for _ in range(300):
@@ -178,6 +179,34 @@ async def gather(
     return out
 
 
+# --- payloads: declared models, and errors of the handler's own -------------------------
+
+
+class Area(BaseModel):
+    """A payload model declared explicitly."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    width: int = Field(ge=0)
+    height: int = Field(ge=0)
+
+
+async def area(ctx: JobContext, size: Area) -> dict[str, Any]:
+    """Takes its payload whole, as the validated model."""
+    return {"area": size.width * size.height, "given": type(size).__name__}
+
+
+async def add(ctx: JobContext, a: int, b: Any) -> Any:
+    """`b` may be anything, so `{"a": 1, "b": "x"}` fits, and fails inside the handler: a
+    TypeError of its own, retried like any other error."""
+    return a + b
+
+
+async def submit_bad(ctx: JobContext) -> None:
+    """Submits a follow-up whose payload does not fit its type."""
+    await ctx.submit("tick", {"nope": 1})
+
+
 # --- heavy handlers: blocking, CPU-bound, in child processes ------------------------------
 
 
@@ -233,7 +262,7 @@ async def long_command(
     )
 
 
-async def mixed(ctx: JobContext, kind: str, path: str) -> Any:
+async def mixed(ctx: JobContext, kind: Literal["async", "process"], path: str) -> Any:
     """One of three kinds of work for the chaos test; each run is recorded."""
     with open(path, "a") as f:
         f.write(f"{ctx.job_id} {ctx.attempt} {os.getpid()}\n")
@@ -277,4 +306,8 @@ class WorkerSettings:
         func(twice, name="twice"),  # type: ignore[arg-type]
         func(tick, name="tick"),  # type: ignore[arg-type]
         func(gather, name="gather"),  # type: ignore[arg-type]
+        func(submit_bad, name="submit_bad"),  # type: ignore[arg-type]
+        func(area, name="area"),  # type: ignore[arg-type]
+        declare(noop, name="noop_area", payload=Area),  # fields as keyword arguments
+        func(add, name="add", max_tries=2),  # type: ignore[arg-type]
     ]

@@ -19,11 +19,12 @@ import ipaddress
 import re
 import socket
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import unquote
 
 import httpcore
 import httpx
+from pydantic import Field
 
 from consumers.context import JobContext
 from consumers.errors import PermanentError, RetryableError
@@ -221,7 +222,16 @@ async def _open(client: httpx.AsyncClient, url: httpx.URL) -> httpx.Response:
 
 
 async def ingest_url(
-    ctx: JobContext, url: str, name: str | None = None, max_bytes: int | None = None
+    ctx: JobContext,
+    url: Annotated[
+        str, Field(description="an http or https URL", examples=["https://example.com/"])
+    ],
+    name: Annotated[
+        str | None, Field(description="the artifact's name; default: the URL's last segment")
+    ] = None,
+    max_bytes: Annotated[
+        int | None, Field(ge=0, description="refuse a body over this (the operator's cap holds)")
+    ] = None,
 ) -> dict[str, Any]:
     """Stream `url`'s body into this job's storage as `name` (default: the URL's last path
     segment), refusing more than `max_bytes`. `CONVEYOR_INGEST_MAX_BYTES` is the operator's
@@ -233,12 +243,7 @@ async def ingest_url(
     settings: Settings = ctx.get("settings") or get_settings()
     limit = settings.ingest_max_bytes
     if max_bytes is not None:
-        try:
-            limit = min(limit, int(max_bytes))
-        except (TypeError, ValueError):
-            raise IngestRefused(f"max_bytes: {max_bytes!r} is not a whole number") from None
-        if limit < 0:
-            raise IngestRefused(f"max_bytes: {max_bytes!r} is negative")
+        limit = min(limit, max_bytes)
     try:
         target = httpx.URL(url)
     except httpx.InvalidURL as exc:

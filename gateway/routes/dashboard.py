@@ -1,5 +1,5 @@
-"""The dashboard: `GET /` and its static files, plus the two small JSON calls the page needs
-that the rest of the API does not offer (the job types, and an artifact's URL as data).
+"""The dashboard: `GET /` and its static files, plus the small JSON call the page needs that
+the rest of the API does not offer (an artifact's URL as data).
 
 The page is plain HTML, CSS and JavaScript from `gateway/static/`: no build step, nothing
 loaded from elsewhere, which the Content-Security-Policy below also enforces.
@@ -53,16 +53,6 @@ async def static(name: str) -> FileResponse:
     return FileResponse(
         STATIC_DIR / name, media_type=media_type, headers={"Cache-Control": "no-cache"}
     )
-
-
-class JobTypes(BaseModel):
-    types: list[str]
-
-
-@router.get("/v1/job-types", response_model=JobTypes, tags=["jobs"], responses=ERRORS)
-async def job_types(gw: GatewayDep, tenant: Tenant) -> Any:
-    """The job types this gateway accepts in `POST /v1/jobs`."""
-    return JobTypes(types=sorted(gw.job_types))
 
 
 class ArtifactUrl(BaseModel):

@@ -35,7 +35,7 @@ from gateway.models import (
     JobResource,
 )
 from producer import Position
-from schemas.errors import ConveyorError, UnknownJobType
+from schemas.errors import ConveyorError
 from schemas.models import Event, Job, SubmitRequest
 from schemas.status import JobStatus
 
@@ -110,7 +110,8 @@ async def submit(
 
 def _accepted(gw: Gateway, body: SubmitRequest, tenant: str) -> SubmitRequest:
     """The body with its queues defaulted (the first configured queue; a child's parent's),
-    once every job of it has a queue and a type known here, and a callback can be signed."""
+    once every job of it has a queue and a type known here, a payload that fits, and a
+    callback that can be signed."""
     settings = gw.settings
     body = body.with_queues(settings.queues[0])
     for job in body.flow():
@@ -118,8 +119,7 @@ def _accepted(gw: Gateway, body: SubmitRequest, tenant: str) -> SubmitRequest:
             raise CallbackNotSigned(tenant)
         if job.queue not in settings.queues:
             raise QueueNotConfigured(job.queue, settings.queues)
-        if job.type not in gw.job_types:
-            raise UnknownJobType(job.type, sorted(gw.job_types))
+    gw.job_types.check_flow(body)
     return body
 
 

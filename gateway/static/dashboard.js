@@ -28,13 +28,11 @@ const REFETCH_AFTER = new Set([
 ]);
 const CANCELLABLE = new Set(["scheduled", "waiting", "queued", "running"]);
 const RETRYABLE = new Set(["failed", "cancelled"]);
-const DEFAULT_PAYLOADS = {
-  noop: { hello: "world" },
-  sleep: { seconds: 5, steps: 10 },
-  ingest_url: { url: "https://example.com/", name: "example.html" },
-};
+// What a payload skeleton holds for a required field with neither an example nor a default.
+const PLACEHOLDERS = { string: "", number: 0, integer: 0, boolean: false, array: [], object: {} };
 
 const jobs = new Map();
+const payloadSchemas = new Map(); // job type -> its payload's JSON Schema, from GET /v1/job-types
 let apiKey = "";
 let source = null;
 let nextCursor = null;
@@ -293,7 +291,7 @@ async function connect() {
     ]);
     page = data;
     serverNow = Date.parse(response.headers.get("Date") || "") || Date.now();
-    fillJobTypes(types.types);
+    fillJobTypes(types);
   } catch (err) {
     if (err.status === 401) {
       setConnection("API key rejected", "error");
@@ -367,16 +365,68 @@ async function openArtifact(id, name) {
 function fillJobTypes(types) {
   const select = $("job-type");
   const current = select.value;
-  select.replaceChildren(...types.map((t) => el("option", { value: t }, t)));
-  const preferred = types.includes(current) ? current : (types.includes("sleep") ? "sleep" : types[0]);
+  payloadSchemas.clear();
+  for (const t of types) payloadSchemas.set(t.name, t.payload_schema);
+  const names = types.map((t) => t.name);
+  select.replaceChildren(...names.map((name) => el("option", { value: name }, name)));
+  const preferred = names.includes(current) ? current : (names.includes("sleep") ? "sleep" : names[0]);
   if (preferred === undefined) return;
   select.value = preferred;
-  if (preferred !== current) showDefaultPayload();
+  if (preferred === current) showPayloadFields();
+  else showPayloadSkeleton();
 }
 
-function showDefaultPayload() {
-  const payload = DEFAULT_PAYLOADS[$("job-type").value] || {};
-  $("payload").value = JSON.stringify(payload, null, 2);
+// --- the payload editor, from the type's JSON Schema --------------------------------------
+
+// A field's own schema: nested models are `{"$ref": "#/$defs/Name"}` into the type's schema.
+function resolve(field, root) {
+  const ref = field.$ref && field.$ref.match(/^#\/\$defs\/(.+)$/);
+  return ref ? (root.$defs || {})[ref[1]] || {} : field;
+}
+
+function fieldType(field) {
+  if (field.type) return field.type;
+  const types = (field.anyOf || []).map((f) => f.type).filter((t) => t && t !== "null");
+  return types.length ? types.join(" or ") : null;
+}
+
+// Each required field, with its example, its default, or an empty value of its type.
+function skeleton(schema, root) {
+  const payload = {};
+  for (const name of schema.required || []) {
+    const field = resolve((schema.properties || {})[name] || {}, root);
+    if (field.examples && field.examples.length) payload[name] = field.examples[0];
+    else if ("default" in field) payload[name] = field.default;
+    else if (field.properties) payload[name] = skeleton(field, root);
+    else payload[name] = PLACEHOLDERS[fieldType(field)] ?? null;
+  }
+  return payload;
+}
+
+function showPayloadSkeleton() {
+  const schema = payloadSchemas.get($("job-type").value) || {};
+  $("payload").value = JSON.stringify(skeleton(schema, schema), null, 2);
+  showPayloadFields();
+}
+
+// One line per field: name, type, required or default, description.
+function showPayloadFields() {
+  const schema = payloadSchemas.get($("job-type").value) || {};
+  const required = new Set(schema.required || []);
+  const items = Object.entries(schema.properties || {}).map(([name, raw]) => {
+    const field = resolve(raw, schema);
+    const facts = [fieldType(field) || "any JSON value"];
+    if (required.has(name)) facts.push("required");
+    else if ("default" in raw) facts.push(`default ${JSON.stringify(raw.default)}`);
+    if ("minimum" in field) facts.push(`≥ ${field.minimum}`);
+    if ("maximum" in field) facts.push(`≤ ${field.maximum}`);
+    return el("li", {}, el("code", {}, name), ` ${facts.join(", ")}`,
+      raw.description ? el("span", { className: "muted" }, ` — ${raw.description}`) : null);
+  });
+  if (schema.additionalProperties !== false) {
+    items.push(el("li", { className: "muted" }, items.length ? "other fields too" : "any JSON object"));
+  }
+  $("payload-fields").replaceChildren(...items);
 }
 
 async function submitJob(e) {
@@ -426,7 +476,7 @@ function init() {
   $("api-key").value = apiKey;
   $("key-form").addEventListener("submit", useKey);
   $("submit-form").addEventListener("submit", submitJob);
-  $("job-type").addEventListener("change", showDefaultPayload);
+  $("job-type").addEventListener("change", showPayloadSkeleton);
   $("older").addEventListener("click", loadOlder);
   connect();
 }

@@ -209,3 +209,29 @@ def test_a_new_attempt_shows_no_progress_from_the_last_one(dashboard_url: str, p
     page.evaluate("event => onEvent({ data: JSON.stringify(event) })", event)
     expect(row).to_have_attribute("data-status", "running")
     expect(row.locator("progress")).to_have_js_property("value", 0)
+
+
+def test_choosing_a_type_fills_the_payload_from_its_schema(dashboard_url: str, page: Page) -> None:
+    """The editor starts from a skeleton of the type's payload (GET /v1/job-types), and each
+    field is listed with its type, whether it is required or its default, and its hint."""
+    connect(page, dashboard_url)
+    editor = page.get_by_label("Payload (JSON)")
+    fields = page.locator("#payload-fields li")
+
+    page.get_by_label("Job type").select_option("ingest_url")
+    expect(fields).to_have_count(3)
+    assert json.loads(editor.input_value()) == {"url": "https://example.com/"}
+    expect(fields.nth(0)).to_have_text("url string, required — an http or https URL")
+    expect(fields.nth(2)).to_contain_text("max_bytes integer, default null —")
+
+    page.get_by_label("Job type").select_option("sleep")
+    expect(fields.nth(1)).to_have_text(
+        "steps integer, default 10, ≥ 1 — progress reports, evenly spaced"
+    )
+    assert json.loads(editor.input_value()) == {"seconds": 5}
+
+    page.get_by_label("Job type").select_option("noop")
+    expect(fields).to_have_text(["any JSON object"])
+    assert json.loads(editor.input_value()) == {}
+    page.get_by_role("button", name="Submit").click()  # a skeleton is a payload that fits
+    expect(page.locator("#submit-status")).to_contain_text("Submitted noop job")

@@ -47,6 +47,9 @@ def test_submit_wait_prints_every_event_and_exits_by_the_outcome(
     assert len(job_id) == 32
     assert failed.returncode == 1, failed.stderr
     assert [line.split()[1] for line in failed.stdout.splitlines()[1:]][-1] == "job.failed"
+    refused = conveyor(env, "submit", "sleep", "--payload", '{"secs": 1}')  # as the gateway would
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "payload.secs: Extra inputs are not permitted" in refused.stderr
     inspect = conveyor(env, "inspect", "--queue", queue_name)
     assert inspect.returncode == 0, inspect.stderr
     assert f"queue {queue_name!r}" in inspect.stdout

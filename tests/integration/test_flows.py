@@ -196,3 +196,18 @@ async def test_a_follow_up_job_is_submitted_once_across_attempts(
     assert job is not None and job.attempt == 2
     page = await driver.producer.list_jobs([driver.queue], "t1", limit=100, job_type="tick")
     assert [j.id for j in page.jobs] == [job.result["follow_up"]]  # one, from both attempts
+
+
+async def test_a_follow_up_that_does_not_fit_its_type_fails_the_job_at_once(
+    driver: Driver, spawn_worker: Callable[..., ManagedProcess]
+) -> None:
+    job_id = await driver.submit("submit_bad")
+    spawn_worker("w")
+    assert await wait_for_terminal(driver.redis, driver.queue, {job_id}, 30) == {
+        job_id: ["job.failed"]
+    }
+    job = await driver.producer.get(driver.queue, job_id)
+    assert job is not None and job.attempt == 1 and "nope" in (job.error or "")
+    page = await driver.producer.list_jobs([driver.queue], "t1", limit=10, job_type="tick")
+    assert page.jobs == []  # nothing was submitted
+

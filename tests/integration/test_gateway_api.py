@@ -248,7 +248,7 @@ async def test_idempotency_key_same_tenant_same_job_whatever_the_body(
 ) -> None:
     key = {"Idempotency-Key": "order-42"}
     first = await submit(client, {**A, **key}, payload={"n": 1})
-    again = await submit(client, {**A, **key}, type="sleep", payload={"n": 2})
+    again = await submit(client, {**A, **key}, type="sleep", payload={"seconds": 2})
     elsewhere = await submit(client, {**A, **key}, queue=f"{queue_name}-b")
     assert again["id"] == first["id"] == elsewhere["id"]
     assert again["payload"] == {"n": 1}
@@ -265,7 +265,8 @@ async def test_list_newest_first_with_filters_and_cursor_pagination(
     submitted = []
     for i in range(23):
         queue = queue_name if i % 3 else f"{queue_name}-b"
-        submitted.append(await submit(client, type="sleep" if i % 2 else "noop", queue=queue))
+        kind = {"type": "sleep", "payload": {"seconds": 1}} if i % 2 else {"type": "noop"}
+        submitted.append(await submit(client, queue=queue, **kind))
     await submit(client, B)  # another tenant's: never listed
     for job in submitted[::4]:
         assert (await client.post(f"/v1/jobs/{job['id']}/cancel", headers=A)).status_code == 202
@@ -377,7 +378,7 @@ async def test_health_and_metrics(client: httpx.AsyncClient, queue_name: str) ->
     ready = await client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"redis": "ok"}
-    await submit(client, type="sleep")
+    await submit(client, type="sleep", payload={"seconds": 1})
     text = (await client.get("/metrics")).text
     assert 'conveyor_gateway_submits_total{type="sleep"} 1.0' in text
     assert f'conveyor_queue_length{{queue="{queue_name}"}} 1.0' in text
@@ -649,7 +650,7 @@ async def test_bulk_submits_each_item_on_its_own_and_answers_in_order(
         {"type": "noop", "payload": {"x": float("nan")}},
         {"type": "noop", "queue": "elsewhere"},
         "not an object",
-        {"type": "sleep", "payload": {"n": 2}, "queue": f"{queue_name}-b", "delay_s": 60},
+        {"type": "sleep", "payload": {"seconds": 2}, "queue": f"{queue_name}-b", "delay_s": 60},
     ]
     content = json.dumps({"jobs": items}).encode()  # NaN goes out as NaN, as a client may send
     response = await client.post(
@@ -839,3 +840,18 @@ async def test_cache_options_that_cannot_work_are_422(client: httpx.AsyncClient)
     for body, field in ((no_ttl, "cache_key"), (child, "children")):
         response = await client.post("/v1/jobs", json=body, headers=A)
         assert response.status_code == 422 and field in response.json()["message"]
+
+
+async def test_a_job_shows_the_attempts_and_timeout_that_apply_to_it(settings: Settings) -> None:
+    plain = settings.model_copy(update={"handlers": "tests.handlers"})
+    async with serving(plain) as (_, client):
+        job = await submit(client)
+        assert (job["max_attempts"], job["timeout_s"]) == (
+            settings.max_attempts,
+            settings.job_timeout_s,
+        )
+        sleep = {"type": "short_timeout", "payload": {"seconds": 1}}
+        declared = await submit(client, **sleep)
+        assert (declared["max_attempts"], declared["timeout_s"]) == (2, 0.3)  # tests/handlers.py
+        chosen = await submit(client, **sleep, max_attempts=7)
+        assert chosen["max_attempts"] == 7

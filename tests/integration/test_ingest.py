@@ -22,8 +22,10 @@ from consumers.handlers.ingest import (
     blocked_reason,
     ingest_url,
 )
+from consumers.registry import declare
 from consumers.storage import MIN_PART_SIZE, JobStorage, Storage
 from conveyor.process import free_port
+from schemas.errors import InvalidPayload
 from schemas.settings import Settings
 from tests.fixtures.origin import Origin, body_of
 
@@ -199,10 +201,12 @@ async def test_a_payload_max_bytes_cannot_raise_the_operators_cap(
     assert (await ingest_url(ctx, f"{origin.base}/{path}/{cap}", max_bytes=10 * cap))["size"] == cap
 
 
-async def test_a_max_bytes_that_is_not_a_whole_number_is_refused(make_ctx: Any) -> None:
-    for bad in ["lots", -1, [1]]:
-        with pytest.raises(IngestRefused, match="max_bytes"):
-            await ingest_url(make_ctx(["127.0.0.1"]), "http://127.0.0.1:1/x", max_bytes=bad)
+@pytest.mark.parametrize("bad", ["lots", -1, [1], 1.5])
+def test_a_max_bytes_that_is_not_a_whole_number_is_refused(bad: Any) -> None:
+    """By the payload's model, before the handler runs (at the gateway, and in the worker)."""
+    payload = declare(ingest_url).payload
+    with pytest.raises(InvalidPayload, match=r"^payload\.max_bytes: "):
+        payload.arguments("ingest_url", {"url": "http://127.0.0.1:1/x", "max_bytes": bad})
 
 
 @pytest.mark.parametrize(
