@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from arq.cron import CronJob
 from arq.utils import import_string
 from arq.worker import Function, func
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -197,5 +198,19 @@ def declare(
 
 
 def functions(settings: Settings, handlers: str | None = None) -> dict[str, Handler]:
-    declared = getattr(load_worker_settings(handlers or settings.handlers), "functions", ())
-    return {f.name: f for f in map(declare, declared)}
+    """The worker settings' `functions`, and the coroutine of each of its `cron_jobs`: a
+    cron job runs as a job of its own type (named after it), submitted on each tick."""
+    worker_settings = load_worker_settings(handlers or settings.handlers)
+    declared = {f.name: f for f in map(declare, getattr(worker_settings, "functions", ()))}
+    for job in cron_jobs(settings, handlers):
+        if job.name not in declared:
+            declared[job.name] = declare(
+                job.coroutine, name=job.name, timeout=job.timeout_s, max_tries=job.max_tries
+            )
+    return declared
+
+
+def cron_jobs(settings: Settings, handlers: str | None = None) -> list[CronJob]:
+    """arq's `cron_jobs = [cron(...)]` of the worker settings (honoured: consumers/
+    scheduling.py submits one job per tick, however many workers run)."""
+    return list(getattr(load_worker_settings(handlers or settings.handlers), "cron_jobs", ()))

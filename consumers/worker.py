@@ -85,6 +85,7 @@ from consumers.execution import (
 from consumers.keeper import Keeper
 from consumers.lanes import LANES, Lane, Lanes
 from consumers.outcomes import REDIS_RETRY_S, Outcomes, backoff_ms
+from consumers.scheduling import Scheduler
 from consumers.supervision import CANCEL_POLL_S, TIMEOUT_SWEEP_S, Supervision
 from consumers.upkeep import HEARTBEAT_S, Upkeep
 from producer import Producer
@@ -148,6 +149,7 @@ class ConveyorWorker(Worker):
             for hook in ("on_startup", "on_shutdown", "on_job_start", "on_job_end")
         }
         self.settings = settings
+        self.handlers = handlers
         self.queue = queue
         self.consumer = name or consumer_name()
         self.producer = Producer(redis, settings)
@@ -180,6 +182,7 @@ class ConveyorWorker(Worker):
         self.keeper = Keeper(self)
         self.upkeep = Upkeep(self, self.lanes)
         self.callbacks = Callbacks(self)
+        self.scheduler = Scheduler(self)
         self._health_recorded_at = 0.0  # `record_health`'s throttle (arq's is private)
         self._closed = False
 
@@ -199,6 +202,7 @@ class ConveyorWorker(Worker):
                 self.upkeep.run_failure_hooks,
                 self.upkeep.carry_flow_tasks,
                 self.callbacks.run,
+                self.scheduler.run,
                 self.upkeep.forget_gone_consumers,
                 self.upkeep.heartbeat,
             )

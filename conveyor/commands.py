@@ -99,6 +99,19 @@ async def inspect_lines(store: Producer, queue: str) -> list[str]:
         f"  dead-lettered    {stats.dead}  ({keys.dead})",
         f"  events           {stats.events}  ({keys.events}, capped near {settings.events_maxlen})",
     ]
+    schedules = await store.schedules(queue)
+    if schedules:
+        lines.append(f"  schedules        {len(schedules)}  ({keys.schedules})")
+    for schedule in schedules:
+        when = (
+            f"next in {(schedule.next_run_at - now_ms) / 1000:.0f}s"
+            if schedule.next_run_at is not None
+            else "not yet seen by a worker"
+        )
+        lines.append(
+            f"    {schedule.key:<32} {schedule.type:<16} {when}  ({schedule.cron}, "
+            f"{schedule.timezone})"
+        )
     if stats.group is None:
         lines.append("  no consumer group yet (no worker has started on this queue)")
         return lines

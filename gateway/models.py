@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.models import Artifact, Job
+from schemas.schedules import Schedule
 
 
 class Links(BaseModel):
@@ -81,3 +82,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "no such job (or another tenant's)"},
     503: {"model": ErrorBody, "description": "Redis did not answer in time, or is full"},
 }
+
+
+class ScheduleList(BaseModel):
+    items: list[Schedule]

@@ -25,6 +25,7 @@ from schemas.errors import IdempotencyConflict, JobNotFound, TransitionRefused
 from schemas.events import StepState
 from schemas.keys import CALLBACKS_GROUP, CONSUMER_GROUP, FAILURE_GROUP, FLOW_GROUP, QueueKeys
 from schemas.models import Artifact, SubmitRequest
+from schemas.schedules import Schedule, schedule_key
 from schemas.settings import Settings
 from schemas.status import JobStatus
 
@@ -584,6 +585,40 @@ class Producer(Reads):
             else:
                 skipped += 1
         return ReclaimReport(deliveries, dead, skipped)
+
+    # --- schedules ------------------------------------------------------------------------
+
+    async def put_schedule(self, schedule: Schedule) -> bool:
+        """Create or replace a schedule (kept in its queue). True when it is new. A replaced
+        one keeps its creation time and its ticks."""
+        k = self.keys(schedule.queue)
+        existing = await self.redis.hget(k.schedules, schedule.key)  # type: ignore[misc]
+        if existing:
+            schedule = schedule.model_copy(
+                update={"created_at": json.loads(existing).get("created_at", 0)}
+            )
+        stored = schedule.model_dump_json(exclude={"last_run_at", "next_run_at"})
+        await self.redis.hset(k.schedules, schedule.key, stored)  # type: ignore[misc]
+        return existing is None
+
+    async def delete_schedule(self, queue: str, tenant: str, name: str) -> bool:
+        k = self.keys(queue)
+        key = schedule_key(tenant, name)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hdel(k.schedules, key)
+            pipe.hdel(k.schedule_ticks, key)
+            removed, _ = await pipe.execute()
+        return bool(removed)
+
+    async def schedule_ticked(self, schedule: Schedule, tick_ms: int | None, next_ms: int) -> bool:
+        """Record that the schedule's job for `tick_ms` was submitted (None: no new tick),
+        and when the next tick is due. False: a later tick is already recorded."""
+        recorded = await self.scripts.run(
+            "schedule_tick",
+            keys=[self.keys(schedule.queue).schedule_ticks],
+            args=[*self.config, schedule.key, "" if tick_ms is None else tick_ms, next_ms],
+        )
+        return bool(recorded)
 
     # --- consumer upkeep: the roster and the on_failure group ----------------------------
 

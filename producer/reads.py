@@ -20,6 +20,7 @@ from redis.exceptions import ResponseError
 
 from schemas.keys import CONSUMER_GROUP, FAILURE_GROUP, QueueKeys
 from schemas.models import Event, Job, JobIdentity
+from schemas.schedules import Schedule
 from schemas.settings import Settings
 from schemas.status import JobStatus
 from schemas.stream_id import parse_id
@@ -345,6 +346,28 @@ class Reads:
                 stream, group, consumer, reclaim_idle_ms, count=count
             )
         return [(entry_id, fields or {}) for entry_id, fields in rows]
+
+    # --- schedules ------------------------------------------------------------------------
+
+    async def schedules(self, queue: str, tenant: str | None = None) -> list[Schedule]:
+        """The queue's schedules (a tenant's, when given), with their last and next ticks."""
+        k = self.keys(queue)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(k.schedules)
+            pipe.hgetall(k.schedule_ticks)
+            definitions, ticks = await pipe.execute()
+        found = []
+        for key, raw in sorted(definitions.items()):
+            schedule = Schedule.model_validate_json(raw)
+            if tenant is not None and schedule.tenant != tenant:
+                continue
+            state = json.loads(ticks.get(key) or "{}")
+            found.append(
+                schedule.model_copy(
+                    update={"last_run_at": state.get("last"), "next_run_at": state.get("next")}
+                )
+            )
+        return found
 
     # --- flows ---------------------------------------------------------------------------
 

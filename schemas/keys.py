@@ -103,6 +103,16 @@ class QueueKeys:
         return f"{self.base}:cache:{tenant}:{key}"
 
     @property
+    def schedules(self) -> str:
+        """Hash: `{tenant}/{name}` -> JSON schedule (cron, type, payload, timezone, origin)."""
+        return f"{self.base}:schedules"
+
+    @property
+    def schedule_ticks(self) -> str:
+        """Hash: `{tenant}/{name}` -> the last tick (ms) a job was submitted for."""
+        return f"{self.base}:schedules:ticks"
+
+    @property
     def waiting(self) -> str:
         """Sorted set: the queue's `waiting` parents, scored by when their children are next
         checked for one that was never created (a submit cut short)."""

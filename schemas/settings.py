@@ -144,6 +144,8 @@ class Settings(BaseSettings):
     callback_retry_s: float = Field(default=24 * 3600, ge=0)
     callback_timeout_s: float = Field(default=10.0, gt=0)
     callback_backoff_base_s: float = Field(default=1.0, gt=0)
+    # Schedules: how fast their clock runs. For tests only (60: a cron minute a second).
+    schedule_clock_scale: float = Field(default=1.0, ge=1, le=3600)
 
     @field_validator("queues", "ingest_allowed_hosts", mode="before")
     @classmethod

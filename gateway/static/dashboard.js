@@ -292,6 +292,7 @@ async function connect() {
     page = data;
     serverNow = Date.parse(response.headers.get("Date") || "") || Date.now();
     fillJobTypes(types);
+    loadSchedules();
   } catch (err) {
     if (err.status === 401) {
       setConnection("API key rejected", "error");
@@ -450,6 +451,29 @@ async function submitJob(e) {
   } catch (err) {
     setSubmitStatus(err.message, "error");
   }
+}
+
+// Schedules change rarely and send no events: read when connecting, and every minute.
+let schedulesTimer = null;
+
+async function loadSchedules() {
+  clearTimeout(schedulesTimer);
+  schedulesTimer = setTimeout(loadSchedules, 60000);
+  let items;
+  try {
+    ({ items } = await api("GET", "/v1/schedules"));
+  } catch (err) {
+    console.warn(`cannot read schedules: ${err.message}`);
+    return;
+  }
+  const rows = items.map((s) => el("tr", {},
+    el("td", {}, el("code", {}, s.name)),
+    el("td", {}, el("code", {}, s.cron), el("div", { className: "note" }, s.timezone)),
+    el("td", {}, s.type),
+    el("td", {}, s.next_run_at ? new Date(s.next_run_at).toLocaleString() : "—"),
+    el("td", {}, s.last_run_at ? new Date(s.last_run_at).toLocaleString() : "never")));
+  $("schedules").tBodies[0].replaceChildren(...rows);
+  $("schedules-panel").hidden = items.length === 0;
 }
 
 function useKey(e) {

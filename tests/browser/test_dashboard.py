@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
@@ -235,3 +236,52 @@ def test_choosing_a_type_fills_the_payload_from_its_schema(dashboard_url: str, p
     assert json.loads(editor.input_value()) == {}
     page.get_by_role("button", name="Submit").click()  # a skeleton is a payload that fits
     expect(page.locator("#submit-status")).to_contain_text("Submitted noop job")
+
+
+def test_a_parent_shows_its_children_and_a_step_shows_in_the_stage(
+    dashboard_url: str, page: Page
+) -> None:
+    connect(page, dashboard_url)
+    children = [{"type": "sleep", "payload": {"seconds": 0.5, "steps": 1}}] * 2
+    response = httpx.post(
+        f"{dashboard_url}/v1/jobs",
+        json={"type": "noop", "payload": {"flow": 1}, "children": children},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert response.status_code == 202, response.text
+    parent = page.locator(f'tr[data-job-id="{response.json()["id"]}"]')
+    expect(parent).to_contain_text("0/2 children ended")
+    expect(parent).to_have_attribute("data-status", "succeeded")
+    expect(parent).to_contain_text("2/2 children ended")
+
+    # A step's start, as a multi-step handler's would publish it, on a real job's row.
+    row = page.locator('tr[data-type="sleep"]').first
+    job_id = row.get_attribute("data-job-id")
+    event = {
+        "id": "9999999999999-0",
+        "event": "job.step",
+        "job_id": job_id,
+        "queue": "q",
+        "job_type": "sleep",
+        "status": "running",
+        "attempt": 2,
+        "data": {"step": "transcode", "state": "started"},
+    }
+    page.evaluate("event => onEvent({ data: JSON.stringify(event) })", event)
+    expect(row.locator("td").nth(3)).to_contain_text("transcode")
+    expect(row.locator("td").nth(3)).to_contain_text("step 0/1 done")
+
+
+def test_schedules_are_listed_with_their_next_run(dashboard_url: str, page: Page) -> None:
+    response = httpx.post(
+        f"{dashboard_url}/v1/schedules",
+        json={"name": "nightly-report", "cron": "0 3 * * *", "type": "noop"},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert response.status_code in (200, 201), response.text
+    connect(page, dashboard_url)
+    panel = page.locator("#schedules-panel")
+    expect(panel).to_be_visible()
+    expect(panel.locator("tbody tr")).to_contain_text(["nightly-report"])
+    expect(panel.locator("tbody tr").first).to_contain_text("0 3 * * *")
+    expect(panel.locator("tbody tr").first).to_contain_text("never")

@@ -210,4 +210,3 @@ async def test_a_follow_up_that_does_not_fit_its_type_fails_the_job_at_once(
     assert job is not None and job.attempt == 1 and "nope" in (job.error or "")
     page = await driver.producer.list_jobs([driver.queue], "t1", limit=10, job_type="tick")
     assert page.jobs == []  # nothing was submitted
-
