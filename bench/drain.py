@@ -14,6 +14,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bench.engine import spawn
+from conveyor.process import ManagedProcess
 from producer import Producer
 from schemas import Settings, SubmitRequest
 
@@ -42,16 +43,10 @@ async def fill(url: str, queue: str, jobs: int, job_type: str, payload: dict[str
 async def drain(
     url: str, queue: str, log_dir: Path, *, name: str, handlers: str | None = None
 ) -> Drained:
-    """Run one consumer (concurrency 200, no per-job log line, as `bench.engine`) in burst
-    mode until it exits. Its CPU is read from /proc once it has exited and before it is
-    reaped: a zombie keeps its times."""
-    env = {"CONVEYOR_REDIS_URL": url, "CONVEYOR_QUEUES": queue, "CONVEYOR_CONCURRENCY": "200",
-           "CONVEYOR_LOG_LEVEL": "warning"}  # fmt: skip
-    if handlers:
-        env["CONVEYOR_HANDLERS"] = handlers
-    argv = [sys.executable, "-m", "conveyor.cli", "worker", "--queue", queue, "--burst"]
+    """Run one `consumer` in burst mode until it exits. Its CPU is read from /proc once it
+    has exited and before it is reaped: a zombie keeps its times."""
     started = time.perf_counter()
-    worker = spawn(argv, env, name, log_dir)
+    worker = consumer(url, queue, log_dir, name=name, handlers=handlers, burst=True)
     try:
         await _exited(worker.pid, timeout_s=1800)
         wall_s = time.perf_counter() - started
@@ -63,6 +58,19 @@ async def drain(
     if code != 0:
         raise RuntimeError(f"consumer {name} exited with {code}:\n{worker.log_tail()}")
     return Drained(cpu_s, wall_s)
+
+
+def consumer(
+    url: str, queue: str, log_dir: Path, *, name: str, handlers: str | None = None, burst: bool
+) -> ManagedProcess:
+    """One consumer process (`conveyor worker`) as the benchmarks run it: concurrency 200,
+    no per-job log line (as `bench.engine`)."""
+    env = {"CONVEYOR_REDIS_URL": url, "CONVEYOR_QUEUES": queue, "CONVEYOR_CONCURRENCY": "200",
+           "CONVEYOR_LOG_LEVEL": "warning"}  # fmt: skip
+    if handlers:
+        env["CONVEYOR_HANDLERS"] = handlers
+    argv = [sys.executable, "-m", "conveyor.cli", "worker", "--queue", queue]
+    return spawn([*argv, "--burst"] if burst else argv, env, name, log_dir)
 
 
 async def check_drained(url: str, queue: str) -> None:

@@ -81,6 +81,14 @@ async def drain_span(
 ) -> float:
     """First job.started to last job.succeeded, from the events stream (Redis's clock); the
     events of `skip_job` (a flow's parent, beside its children) left out."""
+    first_start, last_end = await drain_times(redis, keys, jobs, skip_job=skip_job)
+    return max(1, last_end - first_start) / 1000
+
+
+async def drain_times(
+    redis: aioredis.Redis, keys: QueueKeys, jobs: int, *, skip_job: str | None = None
+) -> tuple[int, int]:
+    """(first job.started, last job.succeeded) in ms, as `drain_span` reads them."""
     first_start, last_end, ended = None, 0, 0
     last_id = "-"
     while True:
@@ -100,7 +108,7 @@ async def drain_span(
                 last_end, ended = ts, ended + 1
     assert ended == jobs, f"only {ended} of {jobs} jobs succeeded"
     assert first_start is not None
-    return max(1, last_end - first_start) / 1000
+    return first_start, last_end
 
 
 async def conveyor_pickup(url: str, jobs: int, log_dir: Path) -> list[float]:
