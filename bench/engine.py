@@ -71,13 +71,24 @@ async def conveyor_throughput(
     for proc in procs:
         assert proc.proc is not None
         await asyncio.to_thread(proc.proc.wait, 600)
-    span = await _span(redis, QueueKeys(queue), jobs)
+    span = await drain_span(redis, QueueKeys(queue), jobs)
     await redis.aclose()
     return jobs / span
 
 
-async def _span(redis: aioredis.Redis, keys: QueueKeys, jobs: int) -> float:
-    """First job.started to last job.succeeded, from the events stream (Redis's clock)."""
+async def drain_span(
+    redis: aioredis.Redis, keys: QueueKeys, jobs: int, *, skip_job: str | None = None
+) -> float:
+    """First job.started to last job.succeeded, from the events stream (Redis's clock); the
+    events of `skip_job` (a flow's parent, beside its children) left out."""
+    first_start, last_end = await drain_times(redis, keys, jobs, skip_job=skip_job)
+    return max(1, last_end - first_start) / 1000
+
+
+async def drain_times(
+    redis: aioredis.Redis, keys: QueueKeys, jobs: int, *, skip_job: str | None = None
+) -> tuple[int, int]:
+    """(first job.started, last job.succeeded) in ms, as `drain_span` reads them."""
     first_start, last_end, ended = None, 0, 0
     last_id = "-"
     while True:
@@ -88,6 +99,8 @@ async def _span(redis: aioredis.Redis, keys: QueueKeys, jobs: int) -> float:
             break
         for entry_id, fields in rows:
             last_id = entry_id
+            if fields["job_id"] == skip_job:
+                continue
             ts = int(fields["ts"])
             if fields["event"] == "job.started" and first_start is None:
                 first_start = ts
@@ -95,7 +108,7 @@ async def _span(redis: aioredis.Redis, keys: QueueKeys, jobs: int) -> float:
                 last_end, ended = ts, ended + 1
     assert ended == jobs, f"only {ended} of {jobs} jobs succeeded"
     assert first_start is not None
-    return max(1, last_end - first_start) / 1000
+    return first_start, last_end
 
 
 async def conveyor_pickup(url: str, jobs: int, log_dir: Path) -> list[float]:
@@ -109,8 +122,8 @@ async def conveyor_pickup(url: str, jobs: int, log_dir: Path) -> list[float]:
     proc = spawn(argv, env, "conveyor-pickup", log_dir)
     keys = QueueKeys(queue)
     try:
-        await _wait_consumer(redis, keys)
-        latencies = []
+        await wait_consumers(redis, keys)
+        latencies: list[float] = []
         for _ in range(jobs):
             job_id = (await producer.submit(SubmitRequest(type="noop", queue=queue))).job_id
             while True:  # block on the job's own events until it started
@@ -128,13 +141,14 @@ async def conveyor_pickup(url: str, jobs: int, log_dir: Path) -> list[float]:
         await redis.aclose()
 
 
-async def _wait_consumer(redis: aioredis.Redis, keys: QueueKeys) -> None:
+async def wait_consumers(redis: aioredis.Redis, keys: QueueKeys, count: int = 1) -> None:
+    """Until `count` consumers have marked themselves alive on the queue."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if await redis.hlen(keys.consumer_seen()):
+        if await redis.hlen(keys.consumer_seen()) >= count:  # type: ignore[misc]
             return
         await asyncio.sleep(0.05)
-    raise TimeoutError("the consumer never started")
+    raise TimeoutError(f"fewer than {count} consumers started")
 
 
 async def arq_throughput(url: str, jobs: int, consumers: int, log_dir: Path) -> float:

@@ -21,18 +21,14 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
-
-import redis.asyncio as aioredis
+from typing import Any
 
 from bench.bullmq import HERE as BULLMQ_DIR
 from bench.bullmq import ensure_bullmq
-from bench.engine import spawn
+from bench.drain import check_drained, drain, fill
 from conveyor.embedded_redis import EmbeddedRedis
-from producer import Producer
-from schemas import Settings, SubmitRequest
 
 
 class CallgrindRedis(EmbeddedRedis):
@@ -63,24 +59,23 @@ class CallgrindRedis(EmbeddedRedis):
         raise RuntimeError(f"callgrind wrote no dump under {self.data_dir}")
 
 
-async def conveyor_cost(jobs: int, data_dir: Path) -> float:
+async def conveyor_cost(
+    jobs: int,
+    data_dir: Path,
+    job_type: str = "noop",
+    payload: dict[str, Any] | None = None,
+    handlers: str | None = None,
+) -> float:
+    """Instructions per job of one consumer draining `jobs` jobs of `job_type`, the queue
+    filled before the counters are zeroed."""
     with CallgrindRedis(data_dir / "redis") as server:
-        url, queue = server.url, "cost"
-        redis = aioredis.Redis.from_url(url, decode_responses=True)
-        producer = Producer(redis, Settings(redis_url=url, queues=[queue]))
-        await producer.ensure_group(queue)
-        for start in range(0, jobs, 500):
-            batch = [SubmitRequest(type="noop", queue=queue) for _ in range(min(500, jobs - start))]
-            await producer.submit_many(batch)
-        await redis.aclose()
+        queue = "cost"
+        await fill(server.url, queue, jobs, job_type, payload or {})
         server.zero()
-        env = {"CONVEYOR_REDIS_URL": url, "CONVEYOR_QUEUES": queue, "CONVEYOR_CONCURRENCY": "200",
-               "CONVEYOR_LOG_LEVEL": "warning"}  # fmt: skip
-        argv = [sys.executable, "-m", "conveyor.cli", "worker", "--queue", queue, "--burst"]
-        worker = spawn(argv, env, "conveyor-cost", data_dir)
-        assert worker.proc is not None
-        await asyncio.to_thread(worker.proc.wait, 1800)
-        return server.instructions() / jobs
+        await drain(server.url, queue, data_dir, name="conveyor-cost", handlers=handlers)
+        instructions = server.instructions()
+        await check_drained(server.url, queue)
+        return instructions / jobs
 
 
 def bullmq_cost(node: str, jobs: int, data_dir: Path) -> float:
