@@ -14,15 +14,27 @@
 -- Returns {STEP_STARTED}, {STEP_RESTORED, record}, {'too_many'}, {'recorded'} or {'fenced'}.
 --@include common
 
-if not holds_lease(KEYS[2], ARGV[5]) then return {'fenced'} end
+-- The job's fields are read once, for the fencing check and the event; the hash is written
+-- once (a read-back `emit` cost a step 10% more Redis instructions: bench.steps).
+local j = redis.call('HMGET', KEYS[2], 'status', 'attempt', 'id', 'queue', 'type', 'tenant')
+if j[1] ~= RUNNING or j[2] ~= ARGV[5] then return {'fenced'} end
+local job = {j[3], j[4], j[5], j[6], j[1], j[2]}
 local name, action = ARGV[6], ARGV[7]
 local now = now_ms()
+local ts = tostring(now)
+
+local function event(data)
+  local id = append_event(KEYS[1], KEYS[3], JOB_STEP, data, job, ts)
+  redis.call('XTRIM', KEYS[3], 'MAXLEN', '~', JOB_EVENTS_MAXLEN)
+  return id
+end
 local raw = redis.call('HGET', KEYS[4], name)
 local step = raw and cjson.decode(raw)
 
 if action == STEP_STARTED then
   if step and step.state == STEP_SUCCEEDED then
-    emit(KEYS[1], KEYS[2], KEYS[3], JOB_STEP, {step = name, state = STEP_RESTORED})
+    local id = event({step = name, state = STEP_RESTORED})
+    redis.call('HSET', KEYS[2], 'updated_at', ts, 'last_event_id', id)
     return {STEP_RESTORED, raw}
   end
   local seq = step and step.seq
@@ -32,9 +44,9 @@ if action == STEP_STARTED then
   end
   redis.call('HSET', KEYS[4], name, cjson.encode({name = name, state = STEP_STARTED,
     attempt = tonumber(ARGV[5]), seq = seq, started_at = now}))
-  redis.call('HSET', KEYS[2], 'stage', name, 'steps', '1', 'on_end', '1',
-    'updated_at', tostring(now))
-  emit(KEYS[1], KEYS[2], KEYS[3], JOB_STEP, {step = name, state = STEP_STARTED})
+  local id = event({step = name, state = STEP_STARTED})
+  redis.call('HSET', KEYS[2], 'stage', name, 'steps', '1', 'on_end', '1', 'updated_at', ts,
+    'last_event_id', id)
   return {STEP_STARTED}
 end
 
@@ -54,6 +66,6 @@ else
   encoded = cjson.encode(record)
 end
 redis.call('HSET', KEYS[4], name, encoded)
-redis.call('HSET', KEYS[2], 'steps', '1', 'on_end', '1', 'updated_at', tostring(now))
-emit(KEYS[1], KEYS[2], KEYS[3], JOB_STEP, data)
+local id = event(data)
+redis.call('HSET', KEYS[2], 'steps', '1', 'on_end', '1', 'updated_at', ts, 'last_event_id', id)
 return {'recorded'}
