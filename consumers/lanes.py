@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from consumers.outcomes import Outcomes
     from consumers.worker import ConveyorWorker
 
+PAUSE_POLL_S = 0.5  # how soon a paused consumer sees the resume
+
 logger = logging.getLogger("conveyor.worker")
 
 LANES = 3
@@ -122,6 +124,10 @@ class Lanes:
                 continue
             self.batches_in_flight += 1
             try:
+                if await self.producer.paused(self.queue):
+                    # Nothing starts; a resume is seen within PAUSE_POLL_S.
+                    await pause(self.stopping, PAUSE_POLL_S)
+                    continue
                 entries = await self.fetch(free)
                 for delivery in await self.producer.start(self.queue, entries, self.consumer):
                     self.spawn(delivery)

@@ -43,7 +43,7 @@ class Upkeep:
 
         async def reclaim() -> None:
             free = self.lanes.free
-            if free <= 0 or not w.allow_pick_jobs:
+            if free <= 0 or not w.allow_pick_jobs or await w.producer.paused(w.queue):
                 return
             report = await w.producer.reclaim(
                 w.queue,

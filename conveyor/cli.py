@@ -246,6 +246,26 @@ def inspect(queue: str | None) -> None:
     sys.exit(inspect_command(settings, queue or settings.queues[0]))
 
 
+@main.command(name="pause")
+@click.option("--queue", default=None, help="[default: the first of CONVEYOR_QUEUES]")
+def pause_queue(queue: str | None) -> None:
+    """Start nothing more from the queue: submits are accepted, running jobs finish."""
+    settings = _settings()
+    from conveyor.commands import pause_command
+
+    sys.exit(pause_command(settings, queue or settings.queues[0], paused=True))
+
+
+@main.command(name="resume")
+@click.option("--queue", default=None, help="[default: the first of CONVEYOR_QUEUES]")
+def resume_queue(queue: str | None) -> None:
+    """Start the queue's jobs again after `conveyor pause`."""
+    settings = _settings()
+    from conveyor.commands import pause_command
+
+    sys.exit(pause_command(settings, queue or settings.queues[0], paused=False))
+
+
 def entry_point() -> None:
     """The console script: configuration mistakes are one line on stderr, not a traceback."""
     from consumers.registry import HandlersNotFound

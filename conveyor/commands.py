@@ -71,6 +71,25 @@ async def _submit(
         await redis.aclose()
 
 
+def pause_command(settings: Settings, queue: str, *, paused: bool) -> int:
+    """`conveyor pause` / `resume`, on the store (Redis) as `conveyor inspect` reads it."""
+    if queue not in settings.queues:
+        print(f"queue {queue!r} is not configured (CONVEYOR_QUEUES)", file=sys.stderr)
+        return 2
+    return asyncio.run(_pause(settings, queue, paused))
+
+
+async def _pause(settings: Settings, queue: str, paused: bool) -> int:
+    redis = _client(settings)
+    try:
+        store = Producer(redis, settings)
+        await (store.pause(queue) if paused else store.resume(queue))
+        print(f"queue {queue!r} {'paused' if paused else 'resumed'}")
+        return 0
+    finally:
+        await redis.aclose()
+
+
 def inspect_command(settings: Settings, queue: str) -> int:
     return asyncio.run(_inspect(settings, queue))
 
@@ -92,7 +111,7 @@ async def inspect_lines(store: Producer, queue: str) -> list[str]:
     stats = await store.stats(queue)
     next_due = stats.next_due_ms
     lines = [
-        f"queue {queue!r}  ({keys.jobs})",
+        f"queue {queue!r}  ({keys.jobs})" + ("  PAUSED" if await store.paused(queue) else ""),
         f"  stream entries   {stats.length}  (undelivered + pending; finished entries are deleted)",
         f"  delayed          {stats.delayed}"
         + (f"  (next due in {(next_due - now_ms) / 1000:.1f}s)" if next_due is not None else ""),

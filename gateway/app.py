@@ -20,7 +20,7 @@ from gateway.deps import Gateway
 from gateway.limits import BodyLimit
 from gateway.metrics import Metrics
 from gateway.payloads import JobType, JobTypes
-from gateway.routes import dashboard, events, health, jobs, schedules
+from gateway.routes import dashboard, events, health, jobs, queues, schedules
 from gateway.routes import job_types as job_types_routes
 from gateway.sse.hub import BLOCK_MS, Hub
 from gateway.types import Presigner
@@ -99,6 +99,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(job_types_routes.router)
     app.include_router(schedules.router)
+    app.include_router(queues.router)
     app.include_router(dashboard.router)
     generate = app.openapi
 

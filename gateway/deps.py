@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -91,3 +92,18 @@ def firehose_tenant(gw: GatewayDep, credentials: Credentials, token: TokenParam 
 Tenant = Annotated[str, Depends(require_tenant)]
 JobEventsTenant = Annotated[str, Depends(job_events_tenant)]
 FirehoseTenant = Annotated[str, Depends(firehose_tenant)]
+
+
+def require_admin(gw: GatewayDep, credentials: Credentials) -> None:
+    """An admin key (`CONVEYOR_ADMIN_KEYS`): queue-wide actions touch every tenant's jobs."""
+    if credentials is None:
+        raise UNAUTHORIZED
+    given = credentials.credentials.encode()
+    if any(hmac.compare_digest(given, key.encode()) for key in gw.settings.admin_keys):
+        return
+    if gw.api_keys.tenant(credentials.credentials) is not None:
+        raise HTTPException(403, "queue-wide actions need an admin key (CONVEYOR_ADMIN_KEYS)")
+    raise UNAUTHORIZED
+
+
+Admin = Depends(require_admin)

@@ -86,3 +86,37 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 class ScheduleList(BaseModel):
     items: list[Schedule]
+
+
+class FinishedMinute(BaseModel):
+    minute: int = Field(description="the minute's start, ms since the epoch")
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+class QueueInfo(BaseModel):
+    """A queue at a glance: `GET /v1/queues`."""
+
+    name: str
+    paused: bool
+    counts: dict[str, int] = Field(
+        description="jobs by status now: scheduled, waiting, queued (undelivered), running "
+        "(delivered, not yet acknowledged)"
+    )
+    length: int = Field(description="entries in the jobs stream: undelivered + pending")
+    pending: int
+    lag: int
+    delayed: int
+    dead_lettered: int
+    consumers: int
+    finished_per_minute: list[FinishedMinute] = Field(description="the last hour, oldest first")
+
+
+class QueueList(BaseModel):
+    items: list[QueueInfo]
+
+
+class DeadRetry(BaseModel):
+    retried: int
+    skipped: int = Field(description="no longer failed, or expired")

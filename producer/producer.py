@@ -21,7 +21,7 @@ from redis.exceptions import ResponseError
 from producer.flows import Flows
 from producer.reads import Reads
 from producer.scripts import Call, Scripts
-from schemas.errors import IdempotencyConflict, JobNotFound, TransitionRefused
+from schemas.errors import ConveyorError, IdempotencyConflict, JobNotFound, TransitionRefused
 from schemas.events import StepState
 from schemas.keys import CALLBACKS_GROUP, CONSUMER_GROUP, FAILURE_GROUP, FLOW_GROUP, QueueKeys
 from schemas.models import Artifact, SubmitRequest
@@ -458,7 +458,7 @@ class Producer(Reads):
         calls = [("succeed", keys, args) for keys, args in self._succeed_calls(queue, finished)]
         if count > 0:
             args = [*self.config, consumer, count, k.job_prefix]
-            calls.append(("take", [k.jobs, k.events], args))
+            calls.append(("take", [k.jobs, k.events, k.paused], args))
         replies = await self.scripts.run_many(calls) if calls else []
         written = [bool(w) for reply in replies[: len(calls) - (count > 0)] for w in reply]
         taken = replies[-1] if count > 0 else []
@@ -585,6 +585,31 @@ class Producer(Reads):
             else:
                 skipped += 1
         return ReclaimReport(deliveries, dead, skipped)
+
+    # --- queues -----------------------------------------------------------------------------
+
+    async def pause(self, queue: str) -> None:
+        """Start nothing more from `queue` (submits are still taken; running jobs finish)."""
+        await self.redis.set(self.keys(queue).paused, "1")
+
+    async def resume(self, queue: str) -> None:
+        await self.redis.delete(self.keys(queue).paused)
+
+    async def retry_dead(self, queue: str, limit: int = 1000) -> tuple[int, int]:
+        """Re-queue the queue's dead-lettered jobs (each `failed -> queued`, as `POST
+        /retry`), removing their dead-letter entries. Returns (re-queued, skipped: no longer
+        failed, or expired)."""
+        k = self.keys(queue)
+        rows = await self.redis.xrange(k.dead, "-", "+", count=limit)
+        retried = skipped = 0
+        for entry_id, fields in rows:
+            try:
+                await self.retry(queue, fields.get("job_id", ""))
+                retried += 1
+            except ConveyorError:
+                skipped += 1
+            await self.redis.xdel(k.dead, entry_id)
+        return retried, skipped
 
     # --- schedules ------------------------------------------------------------------------
 

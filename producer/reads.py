@@ -9,6 +9,7 @@ One decoding rule: the store's clients decode replies (`decode_responses=True`, 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,15 @@ class QueueStats:
         holds exactly the undelivered and the pending ones: exact even where XINFO GROUPS
         reports lag as nil (it does once the last delivered entry has been deleted)."""
         return max(0, self.length - self.pending)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueOverview:
+    queue: str
+    stats: QueueStats
+    paused: bool
+    waiting: int  # parents waiting for their children
+    finished: list[tuple[int, dict[str, int]]]  # (minute's start, ms) -> ends by status
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -408,6 +418,32 @@ class Reads:
         return children
 
     # --- the queue at a glance ------------------------------------------------------------
+
+    async def paused(self, queue: str) -> bool:
+        return bool(await self.redis.exists(self.keys(queue).paused))
+
+    async def overview(self, queue: str) -> QueueOverview:
+        """`GET /v1/queues`: the queue's figures, and its last hour's ends per minute."""
+        k = self.keys(queue)
+        stats = await self.stats(queue)
+        minute = int(time.time() // 60)
+        minutes = list(range(minute - 59, minute + 1))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(k.paused)
+            pipe.zcard(k.waiting)
+            for m in minutes:
+                pipe.hgetall(k.finished(m))
+            paused, waiting, *finished = await pipe.execute()
+        return QueueOverview(
+            queue=queue,
+            stats=stats,
+            paused=bool(paused),
+            waiting=int(waiting),
+            finished=[
+                (m * 60_000, {status: int(n) for status, n in counts.items()})
+                for m, counts in zip(minutes, finished, strict=True)
+            ],
+        )
 
     async def stats(self, queue: str) -> QueueStats:
         """For `/metrics` and `conveyor inspect`: one round trip for the counts, one for the

@@ -26,11 +26,13 @@ from schemas.events import EventType, StepState
 from schemas.keys import (
     CALLBACKS_SUFFIX,
     CONSUMER_GROUP,
+    FINISHED_SUFFIX,
     FLOW_GROUP,
     FLOW_SUFFIX,
     JOB_CHILDREN_SUFFIX,
     JOB_EVENTS_SUFFIX,
     JOB_STEPS_SUFFIX,
+    PAUSED_SUFFIX,
     TASK_CANCEL_CHILDREN,
     TASK_CHILD_ENDED,
 )
@@ -70,6 +72,8 @@ def lua_constants() -> str:
         f"local FLOW_GROUP = '{FLOW_GROUP}'\n"
         f"local FLOW_SUFFIX = '{FLOW_SUFFIX}'\n"
         f"local CALLBACKS_SUFFIX = '{CALLBACKS_SUFFIX}'\n"
+        f"local PAUSED_SUFFIX = '{PAUSED_SUFFIX}'\n"
+        f"local FINISHED_SUFFIX = '{FINISHED_SUFFIX}'\n"
         f"local TASK_CHILD_ENDED = '{TASK_CHILD_ENDED}'\n"
         f"local TASK_CANCEL_CHILDREN = '{TASK_CANCEL_CHILDREN}'\n"
         + "".join(f"local {name} = '{value}'\n" for name, value in names)

@@ -19,6 +19,8 @@ JOB_CHILDREN_SUFFIX = ":children"  # a parent's children (hash): its hash's key 
 FLOW_SUFFIX = ":flow"  # a queue's flow tasks (stream): its base and this
 CALLBACKS_SUFFIX = ":callbacks"  # a queue's callbacks to deliver (stream): its base and this
 CALLBACKS_GROUP = "callbacks"
+PAUSED_SUFFIX = ":paused"  # the queue's pause flag: its base and this
+FINISHED_SUFFIX = ":finished:"  # a minute's count of ended jobs: its base, this, the minute
 # The group in which workers carry out a queue's flow tasks, and the tasks' names.
 FLOW_GROUP = "flow"
 TASK_CHILD_ENDED = "child_ended"
@@ -111,6 +113,16 @@ class QueueKeys:
     def schedule_ticks(self) -> str:
         """Hash: `{tenant}/{name}` -> the last tick (ms) a job was submitted for."""
         return f"{self.base}:schedules:ticks"
+
+    @property
+    def paused(self) -> str:
+        """String: present while the queue is paused (it accepts submits, starts nothing)."""
+        return f"{self.base}{PAUSED_SUFFIX}"
+
+    def finished(self, minute: int) -> str:
+        """Hash, expiring after two hours: jobs that ended in that minute (ms // 60,000) by
+        terminal status, for `GET /v1/queues`."""
+        return f"{self.base}{FINISHED_SUFFIX}{minute}"
 
     @property
     def waiting(self) -> str:

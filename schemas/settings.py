@@ -141,13 +141,16 @@ class Settings(BaseSettings):
     # Callbacks (`callback_url`): Standard Webhooks signatures with each tenant's secret
     # (`tenant=whsec_<base64>` pairs), retried with backoff for this long after the job ended.
     webhook_secrets: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # Keys for queue-wide actions (`/v1/queues`: statistics, pause, resume, dead-letter
+    # retry), used as `Authorization: Bearer <key>`; a tenant's key gets 403 there.
+    admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     callback_retry_s: float = Field(default=24 * 3600, ge=0)
     callback_timeout_s: float = Field(default=10.0, gt=0)
     callback_backoff_base_s: float = Field(default=1.0, gt=0)
     # Schedules: how fast their clock runs. For tests only (60: a cron minute a second).
     schedule_clock_scale: float = Field(default=1.0, ge=1, le=3600)
 
-    @field_validator("queues", "ingest_allowed_hosts", mode="before")
+    @field_validator("queues", "ingest_allowed_hosts", "admin_keys", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_csv(value)

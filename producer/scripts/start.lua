@@ -1,7 +1,8 @@
 -- start: a consumer read entries (XREADGROUP, blocking while the queue was empty); start
 -- each one's job, as `start_job` says. Takes a batch of entries, so a consumer's fetch costs
 -- one script call rather than one per job; each job's change is whole and checked on its own,
--- as if it had its own call.
+-- as if it had its own call. A queue paused while the consumer was blocked starts none: each
+-- queued job goes back to the stream under a new entry, for whoever runs it after the pause.
 -- KEYS[1] jobs stream  KEYS[2] events stream
 -- KEYS[1+2i] job hash  KEYS[2+2i] job events stream, for the i-th entry (i = 1..n)
 -- ARGV[5] consumer name  ARGV[5+i] the i-th entry id
@@ -12,8 +13,16 @@
 
 local now = tostring(now_ms())
 local results = {}
+local paused = #ARGV > 5 and redis.call('EXISTS', queue_key(KEYS[3], PAUSED_SUFFIX)) == 1
 for i = 1, #ARGV - 5 do
-  results[i] = start_job(KEYS[1], KEYS[2], KEYS[1 + 2 * i], KEYS[2 + 2 * i], ARGV[5 + i], ARGV[5],
-    now)
+  local job_key, entry_id = KEYS[1 + 2 * i], ARGV[5 + i]
+  if paused then
+    local j = redis.call('HMGET', job_key, 'status', 'entry_id', 'id', 'type', 'attempt')
+    end_delivery(KEYS[1], entry_id)
+    if j[1] == QUEUED and j[2] == entry_id then enqueue(KEYS[1], job_key, j[3], j[4], j[5]) end
+    results[i] = {'skipped', 'paused'}
+  else
+    results[i] = start_job(KEYS[1], KEYS[2], job_key, KEYS[2 + 2 * i], entry_id, ARGV[5], now)
+  end
 end
 return results

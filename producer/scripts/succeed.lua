@@ -24,7 +24,7 @@ local function succeed(job_key, job_events_key, entry_id, attempt, result, artif
   redis.call('HSET', job_key, 'status', SUCCEEDED, 'result', result, 'artifacts', artifacts,
     'progress', '100', 'finished_at', now, 'updated_at', now, 'last_event_id', id)
   if attempt ~= '1' then redis.call('HSET', job_key, 'error', '') end  -- a retry's old error
-  job_ended(job_key, job_events_key, SUCCEEDED, {j[7], j[8]})
+  job_ended(job_key, job_events_key, SUCCEEDED, {j[7], j[8]}, true)
   return 1
 end
 
@@ -35,4 +35,5 @@ for i = 1, (#ARGV - 4) / 5 do
     ARGV[a + 3], ARGV[a + 4])
 end
 end_deliveries(KEYS[1], ended)
+if #ended > 0 then count_finished(KEYS[3], SUCCEEDED, #ended) end
 return results

@@ -5,7 +5,8 @@
 -- consumer runs the last one's handlers. A script cannot block: an idle consumer blocks on
 -- XREADGROUP itself, then calls `start`.
 -- Job keys are built from ARGV[7]; they share the queue's hash tag, so the slot.
--- KEYS[1] jobs stream  KEYS[2] events stream
+-- A paused queue gives nothing (its consumer then waits for the pause to end).
+-- KEYS[1] jobs stream  KEYS[2] events stream  KEYS[3] the queue's pause flag
 -- ARGV[5] consumer name  ARGV[6] count  ARGV[7] job key prefix
 -- Returns, per entry read, {entry id, job id, 'started', attempt, type, payload, timeout_s,
 -- children}
@@ -14,6 +15,7 @@
 --@include start_job
 
 local consumer, prefix = ARGV[5], ARGV[7]
+if redis.call('EXISTS', KEYS[3]) == 1 then return {} end
 local reply = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', ARGV[6],
   'STREAMS', KEYS[1], '>')
 local results = {}

@@ -92,6 +92,14 @@ local function queue_key(job_key, suffix)
   return string.match(job_key, '^(.*):job:[^:]*$') .. suffix
 end
 
+-- `n` jobs of the queue of `job_key` ended `status` this minute: `GET /v1/queues` shows the
+-- last hour's figures. One HINCRBY per batch, the minute's key kept two hours.
+local function count_finished(job_key, status, n)
+  local key = queue_key(job_key, FINISHED_SUFFIX .. math.floor(now_ms() / 60000))
+  redis.call('HINCRBY', key, status, n)
+  redis.call('EXPIRE', key, 7200)
+end
+
 -- The job has ended (the caller wrote its terminal status): keep its snapshot, history,
 -- steps and children for RETENTION_S, its idempotency key for IDEM_TTL_S, then let Redis
 -- forget them. In the same step, what its end sets off:
@@ -100,8 +108,10 @@ end
 --   the task there (at least once; the parent's `child_ended` script counts each child once);
 -- - a success is remembered for `cache_ttl_s` under its cache key;
 -- - a job with a `callback_url` is queued for delivery in the queue's callbacks stream.
--- `f` is ENDED_FIELDS as the caller read them, or nil to read them here.
-local function job_ended(job_key, job_events_key, status, f)
+-- `f` is ENDED_FIELDS as the caller read them, or nil to read them here; `counted`: the
+-- caller counts the end in the minute's figures itself (a batch script, once per batch).
+local function job_ended(job_key, job_events_key, status, f, counted)
+  if not counted then count_finished(job_key, status, 1) end
   f = f or redis.call('HMGET', job_key, unpack(ENDED_FIELDS))
   redis.call('EXPIRE', job_key, RETENTION_S)
   redis.call('EXPIRE', job_events_key, RETENTION_S)
