@@ -63,6 +63,17 @@ class CallbackNotSigned(ConveyorError):
         )
 
 
+class TenantQuotaExceeded(ConveyorError):
+    """CONVEYOR_TENANT_MAX_ACTIVE: the tenant has that many unfinished jobs already."""
+
+    def __init__(self, tenant: str, active: int, limit: int, retry_after_s: int) -> None:
+        super().__init__(
+            f"tenant {tenant!r} has {active} unfinished jobs, and at most {limit} are allowed "
+            "(CONVEYOR_TENANT_MAX_ACTIVE): submit again once some have ended"
+        )
+        self.retry_after_s = retry_after_s
+
+
 @asynccontextmanager
 async def redis_deadline(seconds: float) -> AsyncIterator[None]:
     """Bound every Redis round trip inside by one deadline: a frozen Redis answers 503 in
@@ -115,6 +126,8 @@ def conveyor_error_body(exc: ConveyorError) -> tuple[int, dict[str, Any]]:
             "message": f"callback_url: {exc}",
             "detail": detail,
         }
+    if isinstance(exc, TenantQuotaExceeded):
+        return 429, {"error": "too_many_active_jobs", "message": str(exc)}
     if isinstance(exc, RedisUnavailable):
         return 503, {"error": "unavailable", "message": str(exc)}
     log.error("unexpected %s", type(exc).__name__, exc_info=exc)
@@ -153,7 +166,10 @@ def _code_for(status: int) -> str:
 async def _conveyor(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ConveyorError)
     status, body = conveyor_error_body(exc)
-    return error(status, body.pop("error"), body.pop("message"), **body)
+    response = error(status, body.pop("error"), body.pop("message"), **body)
+    if isinstance(exc, TenantQuotaExceeded):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
 
 
 async def _redis_refused(_: Request, exc: Exception) -> JSONResponse:

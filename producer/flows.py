@@ -54,7 +54,11 @@ class Flows:
     # --- creating a flow ---------------------------------------------------------------
 
     async def submit(
-        self, request: SubmitRequest, tenant: str, idempotency_key: str | None
+        self,
+        request: SubmitRequest,
+        tenant: str,
+        idempotency_key: str | None,
+        count_active: bool = False,
     ) -> Submitted:
         """Create the flow top down, one round trip per level: each parent lists its
         children's ids when it is created (`waiting`), so the fan-in never depends on
@@ -68,7 +72,13 @@ class Flows:
         def call(job: SubmitRequest, parent: JobRef | None, idem: str | None) -> Any:
             children = [JobRef(child.queue, ids[id(child)]) for child in job.children]
             return store._submit_call(
-                job, tenant, idem, job_id=ids[id(job)], parent=parent, children=children
+                job,
+                tenant,
+                idem,
+                job_id=ids[id(job)],
+                parent=parent,
+                children=children,
+                count=count_active,
             )
 
         created, root_id = await store.scripts.run("submit", *call(request, None, idempotency_key))

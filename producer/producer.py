@@ -166,28 +166,37 @@ class Producer(Reads):
     # --- client side: submit, read, cancel, retry ----------------------------------------
 
     async def submit(
-        self, request: SubmitRequest, *, tenant: str = "", idempotency_key: str | None = None
+        self,
+        request: SubmitRequest,
+        *,
+        tenant: str = "",
+        idempotency_key: str | None = None,
+        count_active: bool = False,
     ) -> Submitted:
+        """Create the job (or the flow). `count_active`: count it, and each job of its flow,
+        among the tenant's unfinished jobs until it ends (`tenant_active`)."""
         if request.children:
-            return await self.flows.submit(request, tenant, idempotency_key)
+            return await self.flows.submit(request, tenant, idempotency_key, count_active)
         created, job_id = await self.scripts.run(
-            "submit", *self._submit_call(request, tenant, idempotency_key)
+            "submit", *self._submit_call(request, tenant, idempotency_key, count=count_active)
         )
         if int(created) < 0:
             raise IdempotencyConflict(idempotency_key or "")
         return Submitted(job_id, request.queue, int(created) == 1, cached=int(created) == 2)
 
     async def submit_many(
-        self, requests: Sequence[SubmitRequest], *, tenant: str = ""
+        self, requests: Sequence[SubmitRequest], *, tenant: str = "", count_active: bool = False
     ) -> list[str]:
         """Submit in one round trip (benchmarks, bulk loads); a flow among them in its own
         (one per level). Returns the job ids."""
         ids: dict[int, str] = {}
         for i, request in enumerate(requests):
             if request.children:
-                ids[i] = (await self.flows.submit(request, tenant, None)).job_id
+                ids[i] = (await self.flows.submit(request, tenant, None, count_active)).job_id
         singles = [(i, r) for i, r in enumerate(requests) if i not in ids]
-        calls: list[Call] = [("submit", *self._submit_call(r, tenant, None)) for _, r in singles]
+        calls: list[Call] = [
+            ("submit", *self._submit_call(r, tenant, None, count=count_active)) for _, r in singles
+        ]
         replies = await self.scripts.run_many(calls) if calls else []
         ids.update((i, job_id) for (i, _), (_, job_id) in zip(singles, replies, strict=True))
         return [ids[i] for i in range(len(requests))]
@@ -201,6 +210,7 @@ class Producer(Reads):
         job_id: str | None = None,
         parent: JobRef | None = None,
         children: Sequence[JobRef] = (),
+        count: bool = False,
     ) -> tuple[list[str], list[Any]]:
         """The submit script's keys and arguments; for a job of a flow, its `parent` and
         its `children` (ids chosen beforehand: the parent lists them when it is created)."""
@@ -214,9 +224,6 @@ class Producer(Reads):
             k.delayed,
             k.idempotency(tenant, idempotency_key or ""),
             k.tenant_jobs(tenant),
-            k.job_children(job_id),
-            k.waiting,
-            k.cache(tenant, cache_key(request)) if request.cache_ttl_s else k.cache(tenant, ""),
         ]
         args = [
             *self.config,
@@ -232,6 +239,16 @@ class Producer(Reads):
             int(request.delay_s * 1000),
             k.job_prefix,
             "1" if idempotency_key else "0",
+        ]
+        if not (parent or children or request.callback_url or request.cache_ttl_s or count):
+            return keys, args  # a plain job: no more to parse and copy into the AOF
+        keys += (
+            k.job_children(job_id),
+            k.waiting,
+            k.cache(tenant, cache_key(request)) if request.cache_ttl_s else k.cache(tenant, ""),
+            k.tenant_active(tenant),
+        )
+        args += (
             parent.job_id if parent else "",
             parent.queue if parent else "",
             request.on_child_failure,
@@ -239,7 +256,8 @@ class Producer(Reads):
             request.callback_url or "",
             "1" if request.cache_ttl_s else "0",
             request.cache_ttl_s or "",
-        ]
+            "1" if count else "0",
+        )
         for child in children:
             args += (child.job_id, child.queue)
         return keys, args

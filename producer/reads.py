@@ -381,6 +381,15 @@ class Reads:
 
     # --- flows ---------------------------------------------------------------------------
 
+    async def tenant_active(self, queues: Sequence[str], tenant: str) -> int:
+        """The tenant's unfinished jobs over `queues`, as counted while
+        CONVEYOR_TENANT_MAX_ACTIVE is set."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.get(self.keys(queue).tenant_active(tenant))
+            counts = await pipe.execute()
+        return sum(int(n or 0) for n in counts)
+
     async def tenant_of(self, queue: str, job_id: str) -> str:
         tenant = await self.redis.hget(self.keys(queue).job(job_id), "tenant")  # type: ignore[misc]
         return tenant or ""

@@ -139,6 +139,11 @@ class QueueKeys:
         """Sorted set: the tenant's job ids in this queue, scored by creation time in ms."""
         return f"{self.base}:tenant:{tenant}:jobs"
 
+    def tenant_active(self, tenant: str) -> str:
+        """Counter: the tenant's unfinished jobs in this queue, kept while
+        CONVEYOR_TENANT_MAX_ACTIVE is set (a job counted in is counted out when it ends)."""
+        return f"{self.base}:tenant:{tenant}:active"
+
     def health(self, consumer: str) -> str:
         """String, expiring: arq's health-check record of one consumer."""
         return f"{self.base}:health:{consumer}"

@@ -144,6 +144,9 @@ class Settings(BaseSettings):
     # Keys for queue-wide actions (`/v1/queues`: statistics, pause, resume, dead-letter
     # retry), used as `Authorization: Bearer <key>`; a tenant's key gets 403 there.
     admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # A tenant's unfinished jobs (all queues) past which a submit is 429 with Retry-After.
+    tenant_max_active: int | None = Field(default=None, ge=1)
+    tenant_quota_retry_after_s: int = Field(default=5, ge=1)
     callback_retry_s: float = Field(default=24 * 3600, ge=0)
     callback_timeout_s: float = Field(default=10.0, gt=0)
     callback_backoff_base_s: float = Field(default=1.0, gt=0)

@@ -20,6 +20,7 @@ from gateway.errors import (
     CallbackNotSigned,
     QueueNotConfigured,
     RedisUnavailable,
+    TenantQuotaExceeded,
     conveyor_error_body,
     redis_deadline,
     validation_body,
@@ -87,8 +88,9 @@ async def submit(
             if idempotency_key is not None:
                 job = await _earlier_job(gw, tenant, idempotency_key, body.queue)
             if job is None:
+                quota = await _within_quota(gw, tenant, body.flow_size())
                 submitted = await gw.producer.submit(
-                    body, tenant=tenant, idempotency_key=idempotency_key
+                    body, tenant=tenant, idempotency_key=idempotency_key, count_active=quota
                 )
                 job = await gw.producer.get(submitted.queue, submitted.job_id)
                 if submitted.created:
@@ -106,6 +108,20 @@ async def submit(
     if idempotency_key is not None:
         response.headers["Idempotency-Key"] = idempotency_key
     return resource(gw, job)
+
+
+async def _within_quota(gw: Gateway, tenant: str, jobs: int) -> bool:
+    """Raises `TenantQuotaExceeded` when `jobs` more would take the tenant past
+    CONVEYOR_TENANT_MAX_ACTIVE; True when the quota is on (the new jobs are counted). Read
+    before the submit, not in its script (a tenant's jobs span queues, so cluster slots): a
+    burst of concurrent submits may pass it by as many as are in flight."""
+    limit = gw.settings.tenant_max_active
+    if limit is None:
+        return False
+    active = await gw.producer.tenant_active(gw.settings.queues, tenant)
+    if active + jobs > limit:
+        raise TenantQuotaExceeded(tenant, active, limit, gw.settings.tenant_quota_retry_after_s)
+    return True
 
 
 def _accepted(gw: Gateway, body: SubmitRequest, tenant: str) -> SubmitRequest:
@@ -143,11 +159,14 @@ async def submit_bulk(body: BulkSubmit, gw: GatewayDep, tenant: Tenant) -> Any:
         except ConveyorError as exc:
             status, error_body = conveyor_error_body(exc)
             results[i] = BulkItem(status=status, error=error_body)
+    quota = gw.settings.tenant_max_active is not None
+    if accepted and quota:
+        accepted = await _within_bulk_quota(gw, tenant, accepted, results)
     if accepted:
         requests = [request for _, request in accepted]
         try:
             async with redis_deadline(gw.settings.redis_timeout_s):
-                job_ids = await gw.producer.submit_many(requests, tenant=tenant)
+                job_ids = await gw.producer.submit_many(requests, tenant=tenant, count_active=quota)
                 jobs = await gw.producer.get_many(
                     [(r.queue, job_id) for r, job_id in zip(requests, job_ids, strict=True)]
                 )
@@ -161,6 +180,31 @@ async def submit_bulk(body: BulkSubmit, gw: GatewayDep, tenant: Tenant) -> Any:
                 else BulkItem(status=503, error={"error": "unavailable", "message": "expired"})
             )
     return BulkResult(results=[item for item in results if item is not None])
+
+
+async def _within_bulk_quota(
+    gw: Gateway,
+    tenant: str,
+    accepted: list[tuple[int, SubmitRequest]],
+    results: list[BulkItem | None],
+) -> list[tuple[int, SubmitRequest]]:
+    """The items that fit in the tenant's quota, in order; each one past it gets its 429."""
+    limit = gw.settings.tenant_max_active
+    assert limit is not None
+    async with redis_deadline(gw.settings.redis_timeout_s):
+        active = await gw.producer.tenant_active(gw.settings.queues, tenant)
+    fitting = []
+    for i, request in accepted:
+        if active + request.flow_size() <= limit:
+            active += request.flow_size()
+            fitting.append((i, request))
+        else:
+            over = TenantQuotaExceeded(
+                tenant, active, limit, gw.settings.tenant_quota_retry_after_s
+            )
+            status, error_body = conveyor_error_body(over)
+            results[i] = BulkItem(status=status, error=error_body)
+    return fitting
 
 
 async def _earlier_job(gw: GatewayDep, tenant: str, key: str, queue: str) -> Job | None:

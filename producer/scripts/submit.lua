@@ -3,8 +3,12 @@
 -- each, until their ends reach it: see child_ended.lua).
 -- KEYS[1] jobs stream      KEYS[2] events stream   KEYS[3] job hash   KEYS[4] job events stream
 -- KEYS[5] delayed zset     KEYS[6] idempotency key ('' semantics: ARGV[14] == '0')
--- KEYS[7] tenant's job index zset  KEYS[8] children hash  KEYS[9] waiting parents zset
--- KEYS[10] cache key (used when ARGV[20] is '1')
+-- KEYS[7] tenant's job index zset
+-- A job that is part of a flow, or asks for a callback, the cache or to be counted, comes
+-- with four keys and eight arguments more (a plain one does not: every argument of a script
+-- is parsed and copied into the AOF, on every submit):
+-- KEYS[8] children hash  KEYS[9] waiting parents zset  KEYS[10] cache key
+-- KEYS[11] the tenant's count of unfinished jobs in this queue
 -- ARGV[5] job_id  ARGV[6] queue  ARGV[7] type  ARGV[8] tenant  ARGV[9] payload JSON
 -- ARGV[10] max_attempts  ARGV[11] timeout_s  ARGV[12] delay_ms  ARGV[13] job key prefix
 -- ARGV[14] '1' if an Idempotency-Key was given
@@ -12,7 +16,8 @@
 -- ARGV[18] when to check first that its children exist (ms)
 -- ARGV[19] callback URL ('' for none)  ARGV[20] '1' to look in the cache first
 -- ARGV[21] cache TTL in s, for its entry once the job succeeds
--- ARGV[22..] its children, as pairs: child id, child queue
+-- ARGV[22] '1' to count the job among its tenant's unfinished ones until it ends
+-- ARGV[23..] its children, as pairs: child id, child queue
 -- Returns {1, job_id} when created, {0, existing_job_id} for a repeated Idempotency-Key,
 -- {2, cached_job_id} when the cache names a job that succeeded (nothing created), {-1, ''}
 -- when the key names another tenant's job (nothing written).
@@ -20,6 +25,14 @@
 
 local job_id, queue, job_type, tenant = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local delay_ms = tonumber(ARGV[12])
+local parent_id, parent_queue, policy, check_at, callback, cached, cache_ttl, count =
+  '', '', '', '', '', '0', '', '0'
+local children = 0
+if #KEYS > 7 then
+  parent_id, parent_queue, policy, check_at = ARGV[15], ARGV[16], ARGV[17], ARGV[18]
+  callback, cached, cache_ttl, count = ARGV[19], ARGV[20], ARGV[21], ARGV[22]
+  children = (#ARGV - 22) / 2
+end
 
 if ARGV[14] == '1' then
   local existing = redis.call('GET', KEYS[6])
@@ -36,11 +49,11 @@ end
 
 -- The cache names the job that did this tenant's same work (its key holds the tenant), set
 -- when that job succeeded; a failed or cancelled job never gets there.
-if ARGV[20] == '1' then
-  local cached = redis.call('GET', KEYS[10])
-  if cached and redis.call('HGET', ARGV[13] .. cached, 'status') == SUCCEEDED then
-    if ARGV[14] == '1' then redis.call('SET', KEYS[6], cached, 'EX', IDEM_TTL_S) end
-    return {2, cached}
+if cached == '1' then
+  local earlier = redis.call('GET', KEYS[10])
+  if earlier and redis.call('HGET', ARGV[13] .. earlier, 'status') == SUCCEEDED then
+    if ARGV[14] == '1' then redis.call('SET', KEYS[6], earlier, 'EX', IDEM_TTL_S) end
+    return {2, earlier}
   end
 end
 if ARGV[14] == '1' then redis.call('SET', KEYS[6], job_id) end
@@ -51,14 +64,13 @@ local ts = tostring(now)
 -- written once (a read-back `emit` and three HSETs cost a submit 20% more). `wait_field`
 -- says where it waits: its entry in the jobs stream, or its due time.
 local status, event, data, wait_field, wait_value = QUEUED, JOB_QUEUED, '{}', 'entry_id', nil
-local children = (#ARGV - 21) / 2
 if children > 0 then
   status, event, data = WAITING, JOB_WAITING, '{"children":' .. children .. '}'
   wait_field, wait_value = 'children', tostring(children)
-  for i = 22, #ARGV, 2 do
+  for i = 23, #ARGV, 2 do
     redis.call('HSET', KEYS[8], ARGV[i], cjson.encode({queue = ARGV[i + 1], status = 'pending'}))
   end
-  redis.call('ZADD', KEYS[9], ARGV[18], job_id)
+  redis.call('ZADD', KEYS[9], check_at, job_id)
 elseif delay_ms > 0 then
   local due = tostring(now + delay_ms)
   status, event, data = SCHEDULED, JOB_SCHEDULED, '{"due_at":' .. due .. '}'
@@ -76,14 +88,18 @@ redis.call('HSET', KEYS[3],
   'created_at', ts, 'updated_at', ts, 'idem_key', (ARGV[14] == '1') and KEYS[6] or '',
   wait_field, wait_value, 'last_event_id', id)
 if children > 0 then
-  redis.call('HSET', KEYS[3], 'children_pending', wait_value, 'on_child_failure', ARGV[17])
+  redis.call('HSET', KEYS[3], 'children_pending', wait_value, 'on_child_failure', policy)
 end
-if ARGV[15] ~= '' then
-  redis.call('HSET', KEYS[3], 'parent_id', ARGV[15], 'parent_queue', ARGV[16])
+if parent_id ~= '' then
+  redis.call('HSET', KEYS[3], 'parent_id', parent_id, 'parent_queue', parent_queue)
 end
-if ARGV[19] ~= '' then redis.call('HSET', KEYS[3], 'callback_url', ARGV[19]) end
-if ARGV[20] == '1' then redis.call('HSET', KEYS[3], 'cache_key', KEYS[10], 'cache_ttl', ARGV[21]) end
-if children > 0 or ARGV[15] ~= '' or ARGV[19] ~= '' or ARGV[20] == '1' then
+if callback ~= '' then redis.call('HSET', KEYS[3], 'callback_url', callback) end
+if cached == '1' then redis.call('HSET', KEYS[3], 'cache_key', KEYS[10], 'cache_ttl', cache_ttl) end
+if count == '1' then
+  redis.call('INCR', KEYS[11])
+  redis.call('HSET', KEYS[3], 'counted', KEYS[11])  -- `job_ended` counts it out
+end
+if #KEYS > 7 then
   redis.call('HSET', KEYS[3], 'on_end', '1')  -- see `job_ended`
 end
 redis.call('ZADD', KEYS[7], now, job_id)

@@ -120,3 +120,33 @@ async def test_conveyor_pause_and_resume_from_the_command_line(
     assert "PAUSED" in (await inspect_lines(driver.producer, driver.queue))[0]
     assert await asyncio.to_thread(pause_command, settings, driver.queue, paused=False) == 0
     assert not await driver.producer.paused(driver.queue)
+
+
+async def test_a_tenant_past_its_active_jobs_quota_gets_429_until_some_end(
+    driver: Driver, settings: Settings
+) -> None:
+    capped = settings.model_copy(update={"tenant_max_active": 3})
+    app = gateway_app(capped)
+    transport = httpx.ASGITransport(app)
+    async with (
+        LifespanManager(app),
+        httpx.AsyncClient(transport=transport, base_url="http://gw") as http,
+    ):
+
+        async def submit(**body: object) -> httpx.Response:
+            return await http.post("/v1/jobs", json={"type": "noop", **body}, headers=TENANT)
+
+        first = [await submit(payload={"i": i}) for i in range(2)]
+        assert [r.status_code for r in first] == [202, 202]
+        flow = await submit(children=[{"type": "noop"}])  # two jobs: one too many
+        assert flow.status_code == 429 and flow.headers["Retry-After"] == "5"
+        assert "CONVEYOR_TENANT_MAX_ACTIVE" in flow.json()["message"]
+        assert (await submit()).status_code == 202  # the third
+        assert (await submit()).status_code == 429
+        bulk = await http.post("/v1/jobs/bulk", json={"jobs": [{"type": "noop"}]}, headers=TENANT)
+        assert [item["status"] for item in bulk.json()["results"]] == [429]
+
+        # One ends: one more fits.
+        await driver.producer.cancel(driver.queue, first[0].json()["id"])
+        assert (await submit()).status_code == 202
+        assert await driver.producer.tenant_active([driver.queue], "t1") == 3

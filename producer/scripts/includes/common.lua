@@ -107,7 +107,8 @@ end
 --   the parent may live on another queue, so in another cluster slot, and a worker carries
 --   the task there (at least once; the parent's `child_ended` script counts each child once);
 -- - a success is remembered for `cache_ttl_s` under its cache key;
--- - a job with a `callback_url` is queued for delivery in the queue's callbacks stream.
+-- - a job with a `callback_url` is queued for delivery in the queue's callbacks stream;
+-- - a job counted among its tenant's unfinished ones (CONVEYOR_TENANT_MAX_ACTIVE) is not.
 -- `f` is ENDED_FIELDS as the caller read them, or nil to read them here; `counted`: the
 -- caller counts the end in the minute's figures itself (a batch script, once per batch).
 local function job_ended(job_key, job_events_key, status, f, counted)
@@ -118,7 +119,12 @@ local function job_ended(job_key, job_events_key, status, f, counted)
   if f[1] and f[1] ~= '' then redis.call('EXPIRE', f[1], IDEM_TTL_S) end
   if f[2] ~= '1' then return end
   local g = redis.call('HMGET', job_key, 'id', 'steps', 'children', 'parent_id', 'parent_queue',
-    'error', 'cache_key', 'cache_ttl', 'callback_url')
+    'error', 'cache_key', 'cache_ttl', 'callback_url', 'counted')
+  if g[10] and g[10] ~= '' then
+    -- Out of its tenant's unfinished jobs, once (a job re-run by hand is not counted again).
+    redis.call('DECR', g[10])
+    redis.call('HSET', job_key, 'counted', '')
+  end
   if g[2] == '1' then redis.call('EXPIRE', job_key .. JOB_STEPS_SUFFIX, RETENTION_S) end
   if g[3] and g[3] ~= '' then redis.call('EXPIRE', job_key .. JOB_CHILDREN_SUFFIX, RETENTION_S) end
   if g[4] and g[4] ~= '' then
