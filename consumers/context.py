@@ -9,13 +9,23 @@ it calls without `await`). `ctx` also behaves like arq's ctx dict, so values put
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from consumers import children
 from consumers.steps import Steps, run_step
+from schemas.rates import Rate
 
 if TYPE_CHECKING:
     from consumers.storage import JobStorage
@@ -23,6 +33,7 @@ if TYPE_CHECKING:
 
 ProgressSink = Callable[[float | None, str | None, str | None], Awaitable[None]]
 Submitter = Callable[["SubmitRequest", str], Awaitable[str]]  # (request, idempotency key) -> id
+Reserver = Callable[[str, Rate], Coroutine[Any, Any, tuple[float, float]]]  # -> (wait s, slot ms)
 T = TypeVar("T")
 
 
@@ -42,6 +53,7 @@ class JobContext:
         log: logging.LoggerAdapter[logging.Logger],
         steps: Steps | None = None,
         submit: Submitter | None = None,
+        reserve: Reserver | None = None,
         min_progress_interval_s: float = 0.25,
     ) -> None:
         self.job_id = job_id
@@ -61,6 +73,7 @@ class JobContext:
         self._stage_seconds: dict[str, float] = {}
         self._steps = steps
         self._submit = submit
+        self._reserve = reserve
         self._submitted = 0
         # A parent's children as they ended, child id -> {type, status, result, error}: read
         # before the handler runs (empty for a job without children).
@@ -124,6 +137,18 @@ class JobContext:
         options.setdefault("queue", self.queue)
         request = SubmitRequest(type=job_type, payload=payload or {}, **options)
         return await self._submit(request, f"{self.job_id}:{name}")
+
+    @contextlib.asynccontextmanager
+    async def limit(self, name: str, rate: str) -> AsyncIterator[float]:
+        """`async with ctx.limit("upstream", "5/s"):` waits for a start under a rate limit
+        that every worker of every queue shares (an upstream API's), spaced on Redis's
+        clock; yields the start's time there (ms). See producer/scripts/limit.lua."""
+        if self._reserve is None:
+            raise RuntimeError("shared limits are for a job run by a worker")
+        wait_s, slot_ms = await self._reserve(name, Rate.parse(rate))
+        if wait_s:
+            await asyncio.sleep(wait_s)  # the slot is ours: waiting for it is the limit
+        yield slot_ms
 
     def _require_steps(self) -> Steps:
         if self._steps is None:
@@ -225,6 +250,17 @@ class ThreadContext:
             raise
         self._wait(steps.succeeded(name, started, result))
         return result
+
+    @contextlib.contextmanager
+    def limit(self, name: str, rate: str) -> Iterator[float]:
+        """`JobContext.limit` for a handler's thread: `with ctx.limit("upstream", "5/s"):`."""
+        reserve = self._ctx._reserve
+        if reserve is None:
+            raise RuntimeError("shared limits are for a job run by a worker")
+        wait_s, slot_ms = self._wait(reserve(name, Rate.parse(rate)))
+        if wait_s:
+            time.sleep(wait_s)
+        yield slot_ms
 
     def _wait(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()

@@ -228,5 +228,6 @@ class Runner:
             log=log,
             steps=steps,
             submit=submit,
+            reserve=self.producer.reserve,
             min_progress_interval_s=self.progress_interval_s,
         )

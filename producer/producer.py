@@ -23,8 +23,16 @@ from producer.reads import Reads
 from producer.scripts import Call, Scripts
 from schemas.errors import ConveyorError, IdempotencyConflict, JobNotFound, TransitionRefused
 from schemas.events import StepState
-from schemas.keys import CALLBACKS_GROUP, CONSUMER_GROUP, FAILURE_GROUP, FLOW_GROUP, QueueKeys
+from schemas.keys import (
+    CALLBACKS_GROUP,
+    CONSUMER_GROUP,
+    FAILURE_GROUP,
+    FLOW_GROUP,
+    QueueKeys,
+    limit_key,
+)
 from schemas.models import Artifact, SubmitRequest
+from schemas.rates import Rate
 from schemas.schedules import Schedule, schedule_key
 from schemas.settings import Settings
 from schemas.status import JobStatus
@@ -603,6 +611,18 @@ class Producer(Reads):
             else:
                 skipped += 1
         return ReclaimReport(deliveries, dead, skipped)
+
+    # --- shared rate limits -----------------------------------------------------------------
+
+    async def reserve(self, name: str, rate: Rate) -> tuple[float, float]:
+        """The next start under the shared limit `name` (`ctx.limit`): (seconds to wait for
+        it, its time on Redis's clock in ms). Every worker of every queue shares the limit."""
+        slot, now = await self.scripts.run(
+            "limit",
+            keys=[limit_key(name, self.settings.key_prefix)],
+            args=[*self.config, rate.interval_ms],
+        )
+        return max(0.0, (float(slot) - float(now)) / 1000), float(slot)
 
     # --- queues -----------------------------------------------------------------------------
 

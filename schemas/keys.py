@@ -151,3 +151,14 @@ class QueueKeys:
     def consumer_seen(self) -> str:
         """Hash: consumer name -> last time (ms) it fetched; for `inspect` and cleanup."""
         return f"{self.base}:consumers"
+
+
+LIMIT_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+def limit_key(name: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """String, expiring: a shared rate limit's next free start (ms, Redis's clock). Not a
+    queue's key: the name is its own hash tag, so every queue's workers share the limit."""
+    if not LIMIT_NAME.fullmatch(name):
+        raise ValueError(f"a limit's name is 1-128 of A-Z a-z 0-9 _ . : -, not {name!r}")
+    return f"{prefix}:limit:{{{name}}}"

@@ -207,6 +207,21 @@ async def submit_bad(ctx: JobContext) -> None:
     await ctx.submit("tick", {"nope": 1})
 
 
+async def limited(ctx: JobContext, path: str, calls: int, rate: str = "20/s") -> None:
+    """Calls an upstream `calls` times under a limit shared by every worker; appends each
+    call's start (Redis's clock, ms) to `path`."""
+    for _ in range(calls):
+        async with ctx.limit("upstream", rate) as slot_ms:
+            with open(path, "a") as f:
+                f.write(f"{slot_ms}\n")
+
+
+def limited_def(ctx: Any, path: str, calls: int, rate: str = "20/s") -> None:
+    for _ in range(calls):
+        with ctx.limit("upstream", rate) as slot_ms, open(path, "a") as f:
+            f.write(f"{slot_ms}\n")
+
+
 # --- heavy handlers: blocking, CPU-bound, in child processes ------------------------------
 
 
@@ -307,6 +322,8 @@ class WorkerSettings:
         func(tick, name="tick"),  # type: ignore[arg-type]
         func(gather, name="gather"),  # type: ignore[arg-type]
         func(submit_bad, name="submit_bad"),  # type: ignore[arg-type]
+        func(limited, name="limited"),  # type: ignore[arg-type]
+        limited_def,
         func(area, name="area"),  # type: ignore[arg-type]
         declare(noop, name="noop_area", payload=Area),  # fields as keyword arguments
         func(add, name="add", max_tries=2),  # type: ignore[arg-type]

@@ -150,3 +150,27 @@ async def test_a_tenant_past_its_active_jobs_quota_gets_429_until_some_end(
         await driver.producer.cancel(driver.queue, first[0].json()["id"])
         assert (await submit()).status_code == 202
         assert await driver.producer.tenant_active([driver.queue], "t1") == 3
+
+
+async def test_a_shared_limit_spaces_calls_across_three_workers(
+    driver: Driver, spawn_worker: Callable[..., ManagedProcess], tmp_path: Path
+) -> None:
+    """`ctx.limit("upstream", "20/s")` from async and def handlers on three workers for about
+    five seconds: no one-second window holds more than 20 calls, and 100 calls take within
+    10% of the 4.95 s the rate allows."""
+    path = tmp_path / "calls"
+    jobs = {
+        await driver.submit(
+            "limited" if i % 2 else "limited_def", payload={"path": str(path), "calls": 10}
+        )
+        for i in range(10)
+    }
+    for i in range(3):
+        spawn_worker(f"w{i}")
+    terminal = await wait_for_terminal(driver.redis, driver.queue, jobs, 60)
+    assert terminal == {job_id: ["job.succeeded"] for job_id in jobs}
+    starts = sorted(float(line) for line in path.read_text().split())
+    assert len(starts) == 100
+    assert all(starts[i + 20] - starts[i] >= 1000 for i in range(len(starts) - 20))
+    span_ms = starts[-1] - starts[0]
+    assert 0.9 * 4950 <= span_ms <= 1.1 * 4950, span_ms
