@@ -429,7 +429,10 @@ class Reads:
     # --- the queue at a glance ------------------------------------------------------------
 
     async def paused(self, queue: str) -> bool:
-        return bool(await self.redis.exists(self.keys(queue).paused))
+        # GET, not EXISTS: redis-py's cluster client splits EXISTS (a multi-key command)
+        # into a pipeline by slot, which fails with an AttributeError rather than a
+        # ConnectionError while every node is down, and would end the consumer loop.
+        return await self.redis.get(self.keys(queue).paused) is not None
 
     async def overview(self, queue: str) -> QueueOverview:
         """`GET /v1/queues`: the queue's figures, and its last hour's ends per minute."""
