@@ -253,8 +253,8 @@ def conveyor_run(tmp_path: Path, path_without_redis: str) -> Iterator[RunningSta
 def test_conveyor_run_serves_then_stops_everything_on_ctrl_c(
     conveyor_run: RunningStack,
 ) -> None:
-    conveyor_run.wait_for(r"API key \S+", deadline_s=90)
-    conveyor_run.wait_for(r"dashboard http://127\.0\.0\.1:\d+/", deadline_s=1)
+    key = conveyor_run.wait_for(r"API key (\S+)", deadline_s=90)[1]
+    conveyor_run.wait_for(rf"dashboard http://127\.0\.0\.1:\d+/\?key={key}$", deadline_s=1)
     url = conveyor_run.wait_for(r"started redis pid=\d+ url=(\S+)", deadline_s=1)[1]
     pids = conveyor_run.child_pids()
     assert {"redis", "worker-default-1", "worker-video-1", "gateway"} <= pids.keys()
@@ -271,6 +271,10 @@ def test_conveyor_run_serves_then_stops_everything_on_ctrl_c(
     assert conveyor_run.exit_code(deadline_s=60) == 0, conveyor_run.output()
     for name, pid in pids.items():
         wait_until(functools.partial(_pid_gone, pid), 5, f"{name} pid {pid} to be gone")
+    # A stop that was asked for is not reported as children dying (uvicorn's -15, say).
+    stopped = [line for line in conveyor_run.lines if line.startswith("conveyor: stopped ")]
+    assert len(stopped) == len(pids), conveyor_run.output()
+    assert all(re.fullmatch(r"conveyor: stopped \S+ pid=\d+", line) for line in stopped), stopped
 
 
 def test_conveyor_run_stops_everything_when_a_child_dies(conveyor_run: RunningStack) -> None:
