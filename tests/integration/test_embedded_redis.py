@@ -5,13 +5,10 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-import queue
 import re
 import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
@@ -25,6 +22,7 @@ from conveyor.process import free_port, port_open, wait_until
 from schemas.keys import QueueKeys
 from schemas.settings import Settings
 from tests.fixtures.processes import conveyor_env
+from tests.fixtures.stack import RunningStack
 
 pytestmark = pytest.mark.integration
 
@@ -152,63 +150,6 @@ def _missing_stack_modules() -> str | None:
         if spec is None or spec.origin is None or attribute not in Path(spec.origin).read_text():
             return f"{module}.{attribute} is not written yet"
     return None
-
-
-class RunningStack:
-    """`conveyor run` as a subprocess whose output is read line by line on a thread."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
-        self._pump_thread.start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
-
-    def wait_for(self, pattern: str, deadline_s: float) -> re.Match[str]:
-        regex = re.compile(pattern)
-        for line in self.lines:
-            if found := regex.search(line):
-                return found
-        deadline = time.monotonic() + deadline_s
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                received = self._queue.get(timeout=left)
-            except queue.Empty:
-                break
-            if received is None:
-                pytest.fail(f"conveyor run ended before {pattern!r}:\n" + "\n".join(self.lines))
-            self.lines.append(received)
-            if found := regex.search(received):
-                return found
-        pytest.fail(f"no {pattern!r} within {deadline_s}s:\n" + "\n".join(self.lines))
-
-    def exit_code(self, deadline_s: float) -> int:
-        """Wait for the exit, then for the rest of its output (kept for failure messages)."""
-        code = self.proc.wait(timeout=deadline_s)
-        while (received := self._queue.get(timeout=deadline_s)) is not None:
-            self.lines.append(received)
-        return code
-
-    def close(self) -> None:
-        self._pump_thread.join(timeout=10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def child_pids(self) -> dict[str, int]:
-        pids = {}
-        for line in self.lines:
-            if found := re.search(r"conveyor: started (\S+) pid=(\d+)", line):
-                pids[found[1]] = int(found[2])
-        return pids
 
 
 @pytest.fixture
