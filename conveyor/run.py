@@ -80,7 +80,9 @@ class _ForegroundProcess(ManagedProcess):
 
 
 def _say(message: str) -> None:
-    print(f"conveyor: {message}", flush=True)
+    # A closed terminal (EIO) must not cut a stop short: the stop matters, not the telling.
+    with contextlib.suppress(OSError):
+        print(f"conveyor: {message}", flush=True)
 
 
 def _pid_of(server: _Server) -> int | None:
@@ -301,11 +303,15 @@ def _signals_stop(stack: Stack) -> Iterator[None]:
         if not stack.stop_requested.is_set():
             stack.stop_requested.set()
             # os.write, not print: print is not reentrant and may be mid-call right now.
-            os.write(1, b"conveyor: stopping (Ctrl-C again to kill everything at once)\n")
+            with contextlib.suppress(OSError):
+                os.write(1, b"conveyor: stopping (Ctrl-C again to kill everything at once)\n")
         else:
             stack.kill_all()
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP too: a closed terminal window would otherwise end us and leave the children,
+    # each in a session of its own, running.
+    stopping = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, handler) for sig in stopping}
     try:
         yield
     finally:
