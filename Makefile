@@ -28,8 +28,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Order-only on the interpreter: a fresh venv must not look newer than the install.
+# `embedded` is the Redis and S3 that `conveyor run` starts (and the tests use); `dev`
+# includes it, and is named beside it so that what `make run` needs is plain to see.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[embedded,dev]'
 	@touch $@
 
 install: $(STAMP)

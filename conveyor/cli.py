@@ -87,7 +87,12 @@ def gateway() -> None:
 @click.option(
     "--queue", default=None, help="Queue to consume [default: the first of CONVEYOR_QUEUES]."
 )
-@click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
+@click.option(
+    "--burst",
+    is_flag=True,
+    help="Exit once the queue has nothing left: nothing queued or running, and no delayed "
+    "job or retry and no parent waiting for its children still to come.",
+)
 @click.option(
     "--handlers",
     metavar="MODULE",

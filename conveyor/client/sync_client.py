@@ -132,7 +132,8 @@ class Client:
 
     def cancel(self, job_id: str) -> Job:
         """Cancel the job; the snapshot after: `cancelled`, or still `running` with
-        `cancel_requested` while its worker stops it. `Conflict` when it already ended."""
+        `cancel_requested` while its worker stops it; a job cancelled before answers the
+        same again. `Conflict` when it already succeeded or failed."""
         return self._call(calls.cancel(job_id))
 
     def retry(self, job_id: str, *, from_start: bool = False) -> Job:

@@ -5,13 +5,10 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-import queue
 import re
 import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
@@ -25,6 +22,7 @@ from conveyor.process import free_port, port_open, wait_until
 from schemas.keys import QueueKeys
 from schemas.settings import Settings
 from tests.fixtures.processes import conveyor_env
+from tests.fixtures.stack import RunningStack
 
 pytestmark = pytest.mark.integration
 
@@ -154,63 +152,6 @@ def _missing_stack_modules() -> str | None:
     return None
 
 
-class RunningStack:
-    """`conveyor run` as a subprocess whose output is read line by line on a thread."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
-        self._pump_thread.start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
-
-    def wait_for(self, pattern: str, deadline_s: float) -> re.Match[str]:
-        regex = re.compile(pattern)
-        for line in self.lines:
-            if found := regex.search(line):
-                return found
-        deadline = time.monotonic() + deadline_s
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                received = self._queue.get(timeout=left)
-            except queue.Empty:
-                break
-            if received is None:
-                pytest.fail(f"conveyor run ended before {pattern!r}:\n" + "\n".join(self.lines))
-            self.lines.append(received)
-            if found := regex.search(received):
-                return found
-        pytest.fail(f"no {pattern!r} within {deadline_s}s:\n" + "\n".join(self.lines))
-
-    def exit_code(self, deadline_s: float) -> int:
-        """Wait for the exit, then for the rest of its output (kept for failure messages)."""
-        code = self.proc.wait(timeout=deadline_s)
-        while (received := self._queue.get(timeout=deadline_s)) is not None:
-            self.lines.append(received)
-        return code
-
-    def close(self) -> None:
-        self._pump_thread.join(timeout=10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def child_pids(self) -> dict[str, int]:
-        pids = {}
-        for line in self.lines:
-            if found := re.search(r"conveyor: started (\S+) pid=(\d+)", line):
-                pids[found[1]] = int(found[2])
-        return pids
-
-
 @pytest.fixture
 def conveyor_run(tmp_path: Path, path_without_redis: str) -> Iterator[RunningStack]:
     if reason := _missing_stack_modules():
@@ -253,8 +194,8 @@ def conveyor_run(tmp_path: Path, path_without_redis: str) -> Iterator[RunningSta
 def test_conveyor_run_serves_then_stops_everything_on_ctrl_c(
     conveyor_run: RunningStack,
 ) -> None:
-    conveyor_run.wait_for(r"API key \S+", deadline_s=90)
-    conveyor_run.wait_for(r"dashboard http://127\.0\.0\.1:\d+/", deadline_s=1)
+    key = conveyor_run.wait_for(r"API key (\S+)", deadline_s=90)[1]
+    conveyor_run.wait_for(rf"dashboard http://127\.0\.0\.1:\d+/\?key={key}$", deadline_s=1)
     url = conveyor_run.wait_for(r"started redis pid=\d+ url=(\S+)", deadline_s=1)[1]
     pids = conveyor_run.child_pids()
     assert {"redis", "worker-default-1", "worker-video-1", "gateway"} <= pids.keys()
@@ -271,6 +212,10 @@ def test_conveyor_run_serves_then_stops_everything_on_ctrl_c(
     assert conveyor_run.exit_code(deadline_s=60) == 0, conveyor_run.output()
     for name, pid in pids.items():
         wait_until(functools.partial(_pid_gone, pid), 5, f"{name} pid {pid} to be gone")
+    # A stop that was asked for is not reported as children dying (uvicorn's -15, say).
+    stopped = [line for line in conveyor_run.lines if line.startswith("conveyor: stopped ")]
+    assert len(stopped) == len(pids), conveyor_run.output()
+    assert all(re.fullmatch(r"conveyor: stopped \S+ pid=\d+", line) for line in stopped), stopped
 
 
 def test_conveyor_run_stops_everything_when_a_child_dies(conveyor_run: RunningStack) -> None:

@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from consumers.storage import Storage
 from conveyor.gateway_app import gateway_app
 from conveyor.process import free_port
+from gateway.auth import FIREHOSE_SCOPE, job_scope
 from gateway.deps import Gateway
 from producer import Producer
 from schemas.keys import CONSUMER_GROUP
@@ -175,13 +176,25 @@ async def test_cancel_and_retry_202_and_409_with_status(
     assert cancelled.status_code == 202
     assert cancelled.json()["outcome"] == "cancelled"
     assert cancelled.json()["job"]["status"] == "cancelled"
-    again = await client.post(f"{base}/cancel", headers=A)
-    assert again.status_code == 409
-    assert again.json()["status"] == "cancelled"
+    again = await client.post(f"{base}/cancel", headers=A)  # idempotent: the same answer
+    assert again.status_code == 202, again.text
+    assert again.json()["outcome"] == "cancelled"
+    assert again.json()["job"]["status"] == "cancelled"
+    assert again.json()["job"]["finished_at"] == cancelled.json()["job"]["finished_at"]
     retried = await client.post(f"{base}/retry", headers=A)
     assert retried.status_code == 202
     assert retried.json() | {"job": None} == {"outcome": "queued", "job": None}
     assert retried.json()["job"]["status"] == "queued"
+
+
+async def test_cancelling_a_succeeded_job_is_409_with_its_status(
+    client: httpx.AsyncClient, producer: Producer, queue_name: str
+) -> None:
+    job = await submit(client)
+    await run_to_success(producer, queue_name, job["id"])
+    refused = await client.post(f"/v1/jobs/{job['id']}/cancel", headers=A)
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["status"] == "succeeded"
 
 
 async def test_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
@@ -534,6 +547,30 @@ async def test_an_event_token_with_non_ascii_characters_is_401(client: httpx.Asy
         assert response.status_code == 401, response.text
         firehose = await client.get("/v1/events", params={"token": forged})
         assert firehose.status_code == 401, firehose.text
+
+
+async def test_a_tampered_or_expired_event_token_says_so(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    job = await submit(client)
+    path, token = job["links"]["events"].split("?token=")
+    tokens = app.state.gateway.tokens
+    expired = tokens.issue(job_scope(job["id"]), "acme", now=time.time() - tokens.ttl_s - 1)
+    other_job = tokens.issue(job_scope("0" * 32), "acme")
+    firehose = tokens.issue(FIREHOSE_SCOPE, "acme", now=time.time() - tokens.ttl_s - 1)
+    for url, bad in [
+        (path, token[:-2] + ("AA" if not token.endswith("AA") else "BB")),
+        (path, expired),
+        (path, other_job),
+        ("/v1/events", firehose),
+    ]:
+        response = await client.get(url, params={"token": bad})
+        assert response.status_code == 401, response.text
+        assert "invalid or expired events token" in response.json()["message"]
+    # No token and no key at all is still the missing key.
+    bare = await client.get(path)
+    assert bare.status_code == 401
+    assert bare.json()["message"] == "missing or unknown API key"
 
 
 async def test_a_full_redis_is_503_saying_so_and_not_ready(

@@ -234,12 +234,22 @@ async def test_manual_retry_refused(driver: Driver, producer: Producer, status: 
     assert await driver.status(job_id) is status
 
 
-@pytest.mark.parametrize("status", [S.SUCCEEDED, S.FAILED, S.CANCELLED])
+@pytest.mark.parametrize("status", [S.SUCCEEDED, S.FAILED])
 async def test_cancel_refused_once_ended(driver: Driver, producer: Producer, status: S) -> None:
     job_id = await driver.job_in(status)
     with pytest.raises(TransitionRefused):
         await producer.cancel(driver.queue, job_id)
     assert await driver.status(job_id) is status
+
+
+async def test_cancelling_a_cancelled_job_again_answers_cancelled_and_writes_nothing(
+    driver: Driver, producer: Producer
+) -> None:
+    job_id = await driver.job_in(S.QUEUED)
+    assert await producer.cancel(driver.queue, job_id) == "cancelled"
+    before = await driver.event_types(job_id)
+    assert await producer.cancel(driver.queue, job_id) == "cancelled"
+    assert await driver.event_types(job_id) == before == ["job.queued", "job.cancelled"]
 
 
 async def test_unknown_job(producer: Producer, queue_name: str) -> None:

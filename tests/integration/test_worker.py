@@ -72,6 +72,22 @@ async def test_burst_runs_every_job_to_exactly_one_terminal_state(
     assert job is not None and job.result == {"i": 1234}
 
 
+async def test_burst_waits_for_delayed_jobs_and_waiting_parents(
+    driver: Driver, producer: Producer, drain: Callable[..., Awaitable[ConveyorWorker]]
+) -> None:
+    from schemas import SubmitRequest
+
+    later = await driver.submit("noop", payload={"n": 1}, delay_s=0.5)
+    child = SubmitRequest(type="noop", queue=driver.queue, delay_s=0.5)
+    parent = SubmitRequest(type="noop", queue=driver.queue, children=[child])
+    parent_id = (await producer.submit(parent, tenant="t1")).job_id
+    assert await driver.status(parent_id) is S.WAITING
+    await drain()
+    # The worker left only once nothing was delayed and no parent still waited.
+    for job_id in (later, parent_id):
+        assert await driver.status(job_id) is S.SUCCEEDED
+
+
 async def test_retry_with_backoff_then_success(
     driver: Driver, producer: Producer, drain: Callable[..., Awaitable[ConveyorWorker]]
 ) -> None:
