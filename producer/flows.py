@@ -59,10 +59,13 @@ class Flows:
         tenant: str,
         idempotency_key: str | None,
         count_active: bool = False,
+        trace: str = "",
     ) -> Submitted:
         """Create the flow top down, one round trip per level: each parent lists its
         children's ids when it is created (`waiting`), so the fan-in never depends on
-        when a child is created, and a child can only end after its parent exists."""
+        when a child is created, and a child can only end after its parent exists. Every
+        job of the flow keeps the submit's `trace`: the children's attempts are in the
+        parent's trace."""
         from producer.producer import JobRef, Submitted, new_job_id
 
         store = self._store
@@ -79,6 +82,7 @@ class Flows:
                 parent=parent,
                 children=children,
                 count=count_active,
+                trace=trace,
             )
 
         created, root_id = await store.scripts.run("submit", *call(request, None, idempotency_key))

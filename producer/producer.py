@@ -100,6 +100,9 @@ class Delivery:
     payload: dict[str, Any]
     timeout_s: float | None  # None: the handler's declared timeout, else the default
     parent: bool = False  # it has children: its handler gets them as `ctx.children`
+    # Its submit's trace context (`schemas.tracing`), when the consumer asked for it
+    # (`traced`): '' for a job submitted without one; None when not asked.
+    trace: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,30 +183,39 @@ class Producer(Reads):
         tenant: str = "",
         idempotency_key: str | None = None,
         count_active: bool = False,
+        trace: str = "",
     ) -> Submitted:
         """Create the job (or the flow). `count_active`: count it, and each job of its flow,
-        among the tenant's unfinished jobs until it ends (`tenant_active`)."""
+        among the tenant's unfinished jobs until it ends (`tenant_active`). `trace`: the
+        submit's trace context (`schemas.tracing.pack`), kept with each job of it for its
+        attempts' spans."""
         if request.children:
-            return await self.flows.submit(request, tenant, idempotency_key, count_active)
-        created, job_id = await self.scripts.run(
-            "submit", *self._submit_call(request, tenant, idempotency_key, count=count_active)
-        )
+            return await self.flows.submit(request, tenant, idempotency_key, count_active, trace)
+        call = self._submit_call(request, tenant, idempotency_key, count=count_active, trace=trace)
+        created, job_id = await self.scripts.run("submit", *call)
         if int(created) < 0:
             raise IdempotencyConflict(idempotency_key or "")
         return Submitted(job_id, request.queue, int(created) == 1, cached=int(created) == 2)
 
     async def submit_many(
-        self, requests: Sequence[SubmitRequest], *, tenant: str = "", count_active: bool = False
+        self,
+        requests: Sequence[SubmitRequest],
+        *,
+        tenant: str = "",
+        count_active: bool = False,
+        trace: str = "",
     ) -> list[str]:
         """Submit in one round trip (benchmarks, bulk loads); a flow among them in its own
-        (one per level). Returns the job ids."""
+        (one per level). Returns the job ids. Every job keeps the same `trace`."""
         ids: dict[int, str] = {}
         for i, request in enumerate(requests):
             if request.children:
-                ids[i] = (await self.flows.submit(request, tenant, None, count_active)).job_id
+                flow = await self.flows.submit(request, tenant, None, count_active, trace)
+                ids[i] = flow.job_id
         singles = [(i, r) for i, r in enumerate(requests) if i not in ids]
         calls: list[Call] = [
-            ("submit", *self._submit_call(r, tenant, None, count=count_active)) for _, r in singles
+            ("submit", *self._submit_call(r, tenant, None, count=count_active, trace=trace))
+            for _, r in singles
         ]
         replies = await self.scripts.run_many(calls) if calls else []
         ids.update((i, job_id) for (i, _), (_, job_id) in zip(singles, replies, strict=True))
@@ -219,6 +231,7 @@ class Producer(Reads):
         parent: JobRef | None = None,
         children: Sequence[JobRef] = (),
         count: bool = False,
+        trace: str = "",
     ) -> tuple[list[str], list[Any]]:
         """The submit script's keys and arguments; for a job of a flow, its `parent` and
         its `children` (ids chosen beforehand: the parent lists them when it is created)."""
@@ -249,6 +262,8 @@ class Producer(Reads):
             "1" if idempotency_key else "0",
         ]
         if not (parent or children or request.callback_url or request.cache_ttl_s or count):
+            if trace:  # and one with a trace context, this one more
+                args.append(trace)
             return keys, args  # a plain job: no more to parse and copy into the AOF
         keys += (
             k.job_children(job_id),
@@ -265,6 +280,7 @@ class Producer(Reads):
             "1" if request.cache_ttl_s else "0",
             request.cache_ttl_s or "",
             "1" if count else "0",
+            trace,
         )
         for child in children:
             args += (child.job_id, child.queue)
@@ -330,10 +346,16 @@ class Producer(Reads):
     # --- worker side: start, report, finish -----------------------------------------------
 
     async def start(
-        self, queue: str, entries: Sequence[tuple[str, str]], consumer: str
+        self,
+        queue: str,
+        entries: Sequence[tuple[str, str]],
+        consumer: str,
+        *,
+        traced: bool = False,
     ) -> list[Delivery]:
         """Start the jobs of freshly read entries `(entry_id, job_id)`, in one round trip.
-        Entries whose job ended or moved on are acknowledged and left out."""
+        Entries whose job ended or moved on are acknowledged and left out. `traced`: each
+        delivery carries its job's trace context (a consumer that makes spans asks)."""
         if not entries:
             return []
         k = self.keys(queue)
@@ -342,7 +364,10 @@ class Producer(Reads):
             keys = [k.jobs, k.events]
             for _, job_id in chunk:
                 keys += (k.job(job_id), k.job_events(job_id))
-            calls.append((keys, [*self.config, consumer, *(entry_id for entry_id, _ in chunk)]))
+            flag = "1" if traced else ""
+            calls.append(
+                (keys, [*self.config, consumer, flag, *(entry_id for entry_id, _ in chunk)])
+            )
         results = await self._run_batches("start", calls)
         return [
             self._delivery(queue, job_id, entry_id, result[1:])
@@ -357,7 +382,7 @@ class Producer(Reads):
 
     @staticmethod
     def _delivery(queue: str, job_id: str, entry_id: str, row: list[Any]) -> Delivery:
-        attempt, job_type, payload, timeout_s, children = row
+        attempt, job_type, payload, timeout_s, children, *traced = row
         return Delivery(
             queue=queue,
             job_id=job_id,
@@ -367,6 +392,7 @@ class Producer(Reads):
             payload=json.loads(payload),
             timeout_s=float(timeout_s) if timeout_s else None,
             parent=bool(children),
+            trace=(traced[0] or "") if traced else None,
         )
 
     async def progress(
@@ -482,14 +508,17 @@ class Producer(Reads):
         consumer: str,
         count: int,
         finished: Sequence[tuple[Delivery, Any, Sequence[Artifact]]] = (),
+        *,
+        traced: bool = False,
     ) -> Taken:
         """A busy consumer's round trip: record the jobs of `queue` it `finished` (as
-        `succeed_many`), then read and start up to `count` new ones (the `take` script).
+        `succeed_many`), then read and start up to `count` new ones (the `take` script;
+        `traced` as for `start`).
         """
         k = self.keys(queue)
         calls = [("succeed", keys, args) for keys, args in self._succeed_calls(queue, finished)]
         if count > 0:
-            args = [*self.config, consumer, count, k.job_prefix]
+            args = [*self.config, consumer, count, k.job_prefix, "1" if traced else ""]
             calls.append(("take", [k.jobs, k.events, k.paused], args))
         replies = await self.scripts.run_many(calls) if calls else []
         written = [bool(w) for reply in replies[: len(calls) - (count > 0)] for w in reply]
@@ -571,11 +600,19 @@ class Producer(Reads):
         return int(moved), (None if int(next_due) < 0 else int(next_due))
 
     async def reclaim(
-        self, queue: str, consumer: str, *, min_idle_ms: int, max_deliveries: int, count: int
+        self,
+        queue: str,
+        consumer: str,
+        *,
+        min_idle_ms: int,
+        max_deliveries: int,
+        count: int,
+        traced: bool = False,
     ) -> ReclaimReport:
         """Take over entries idle longer than `min_idle_ms` (their consumer stopped renewing).
         XPENDING finds them; the reclaim script claims each atomically (XCLAIM's idle guard
-        makes concurrent reclaimers safe) and decides: run again, give up, or skip."""
+        makes concurrent reclaimers safe) and decides: run again, give up, or skip. `traced`
+        as for `start`."""
         k = self.keys(queue)
         pending = await self.redis.xpending_range(
             k.jobs, CONSUMER_GROUP, min="-", max="+", count=count, idle=min_idle_ms
@@ -600,7 +637,14 @@ class Producer(Reads):
             (
                 "reclaim",
                 [k.jobs, k.events, k.job(job_id), k.job_events(job_id), k.dead],
-                [*self.config, entry_id, consumer, min_idle_ms, max_deliveries],
+                [
+                    *self.config,
+                    entry_id,
+                    consumer,
+                    min_idle_ms,
+                    max_deliveries,
+                    "1" if traced else "",
+                ],
             )
             for entry_id, job_id in claimable
         ]

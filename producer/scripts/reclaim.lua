@@ -5,8 +5,9 @@
 -- KEYS[1] jobs stream  KEYS[2] events stream  KEYS[3] job hash  KEYS[4] job events stream
 -- KEYS[5] dead-letter stream
 -- ARGV[5] entry id  ARGV[6] consumer  ARGV[7] min idle ms  ARGV[8] max deliveries
--- Returns {'running', attempt, type, payload, timeout_s, children} when this consumer must run the job
--- now, else {'skipped', reason} or {'dead', deliveries}.
+-- ARGV[9] '1' to return the job's trace context too ('' not)
+-- Returns {'running', attempt, type, payload, timeout_s, children[, trace]} when this consumer
+-- must run the job now, else {'skipped', reason} or {'dead', deliveries}.
 --@include common
 --@include dead_letter
 
@@ -61,4 +62,6 @@ if status == RUNNING then
 else
   emit(KEYS[2], KEYS[3], KEYS[4], JOB_STARTED, {owner = consumer, deliveries = deliveries})
 end
-return {RUNNING, attempt, j[3], j[4], j[5], j[8]}
+local running = {RUNNING, attempt, j[3], j[4], j[5], j[8]}
+if ARGV[9] == '1' then running[7] = redis.call('HGET', KEYS[3], 'trace') end
+return running

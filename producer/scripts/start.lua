@@ -5,24 +5,27 @@
 -- queued job goes back to the stream under a new entry, for whoever runs it after the pause.
 -- KEYS[1] jobs stream  KEYS[2] events stream
 -- KEYS[1+2i] job hash  KEYS[2+2i] job events stream, for the i-th entry (i = 1..n)
--- ARGV[5] consumer name  ARGV[5+i] the i-th entry id
--- Returns, per entry in order, {'started', attempt, type, payload, timeout_s, children} or
--- {'skipped', reason}.
+-- ARGV[5] consumer name  ARGV[6] '1' to return each job's trace context too ('' not)
+-- ARGV[6+i] the i-th entry id
+-- Returns, per entry in order, {'started', attempt, type, payload, timeout_s, children[,
+-- trace]} or {'skipped', reason}.
 --@include common
 --@include start_job
 
 local now = tostring(now_ms())
 local results = {}
-local paused = #ARGV > 5 and redis.call('EXISTS', queue_key(KEYS[3], PAUSED_SUFFIX)) == 1
-for i = 1, #ARGV - 5 do
-  local job_key, entry_id = KEYS[1 + 2 * i], ARGV[5 + i]
+local traced = ARGV[6] == '1'
+local paused = #ARGV > 6 and redis.call('EXISTS', queue_key(KEYS[3], PAUSED_SUFFIX)) == 1
+for i = 1, #ARGV - 6 do
+  local job_key, entry_id = KEYS[1 + 2 * i], ARGV[6 + i]
   if paused then
     local j = redis.call('HMGET', job_key, 'status', 'entry_id', 'id', 'type', 'attempt')
     end_delivery(KEYS[1], entry_id)
     if j[1] == QUEUED and j[2] == entry_id then enqueue(KEYS[1], job_key, j[3], j[4], j[5]) end
     results[i] = {'skipped', 'paused'}
   else
-    results[i] = start_job(KEYS[1], KEYS[2], job_key, KEYS[2 + 2 * i], entry_id, ARGV[5], now)
+    results[i] = start_job(KEYS[1], KEYS[2], job_key, KEYS[2 + 2 * i], entry_id, ARGV[5], now,
+      traced)
   end
 end
 return results

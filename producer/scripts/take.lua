@@ -8,8 +8,9 @@
 -- A paused queue gives nothing (its consumer then waits for the pause to end).
 -- KEYS[1] jobs stream  KEYS[2] events stream  KEYS[3] the queue's pause flag
 -- ARGV[5] consumer name  ARGV[6] count  ARGV[7] job key prefix
+-- ARGV[8] '1' to return each job's trace context too ('' not)
 -- Returns, per entry read, {entry id, job id, 'started', attempt, type, payload, timeout_s,
--- children}
+-- children[, trace]}
 -- or {entry id, job id, 'skipped', reason}.
 --@include common
 --@include start_job
@@ -21,6 +22,7 @@ local reply = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', ARGV[6
 local results = {}
 if not reply then return results end
 local now = tostring(now_ms())
+local traced = ARGV[8] == '1'
 for i, entry in ipairs(reply[1][2]) do
   local entry_id, fields, job_id = entry[1], entry[2], nil
   for f = 1, #fields, 2 do
@@ -29,7 +31,8 @@ for i, entry in ipairs(reply[1][2]) do
   local result
   if job_id then
     local job_key = prefix .. job_id
-    result = start_job(KEYS[1], KEYS[2], job_key, job_key .. JOB_EVENTS_SUFFIX, entry_id, consumer, now)
+    result = start_job(KEYS[1], KEYS[2], job_key, job_key .. JOB_EVENTS_SUFFIX, entry_id, consumer,
+      now, traced)
   else  -- not an entry a script of ours wrote: nothing to run
     end_delivery(KEYS[1], entry_id)
     job_id, result = '', {'skipped', 'missing'}

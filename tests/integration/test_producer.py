@@ -505,3 +505,36 @@ async def test_take_records_finished_jobs_and_starts_new_ones_in_one_call(
     third = await producer.take(driver.queue, "c1", 0, [(fenced, None, ())])
     assert (third.written, third.deliveries, third.exhausted) == ([False], [], False)
     assert await driver.status(ids[2]) is S.RUNNING  # the stale attempt wrote nothing
+
+
+async def test_a_jobs_trace_context_is_kept_and_given_to_a_consumer_that_asks(
+    driver: Driver, producer: Producer, redis: aioredis.Redis
+) -> None:
+    """Kept only when given (a job without one has no field); handed out by every way a job
+    starts (take, start, reclaim), only to a consumer that asks, so one that does not trace
+    reads no more than before."""
+    trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 congo=t61rcWkgMzE"
+    request = SubmitRequest(type="noop", queue=driver.queue)
+    (traced,) = await producer.submit_many([request], trace=trace)
+    untraced = (await producer.submit(request)).job_id
+    keys = producer.keys(driver.queue)
+    assert await redis.hget(keys.job(traced), "trace") == trace
+    assert not await redis.hexists(keys.job(untraced), "trace")
+
+    await producer.ensure_group(driver.queue)
+    taken = await producer.take(driver.queue, "c1", 10, traced=True)
+    assert [(d.job_id, d.trace) for d in taken.deliveries] == [(traced, trace), (untraced, "")]
+    again = await producer.reclaim(
+        driver.queue, "c2", min_idle_ms=0, max_deliveries=3, count=10, traced=True
+    )
+    assert [d.trace for d in again.deliveries] == [trace, ""]
+    untold = await producer.reclaim(driver.queue, "c3", min_idle_ms=0, max_deliveries=3, count=10)
+    assert [d.trace for d in untold.deliveries] == [None, None]
+
+    flow = SubmitRequest(type="noop", queue=driver.queue, children=[request, request])
+    parent = await producer.submit(flow, tenant="t1", trace=trace)
+    children = await producer.children_of(driver.queue, parent.job_id)
+    for job_id in [parent.job_id, *children]:
+        assert await redis.hget(keys.job(job_id), "trace") == trace
+    started = await producer.start(driver.queue, await driver.deliver(), "c1", traced=True)
+    assert {d.job_id: d.trace for d in started} == dict.fromkeys(children, trace)

@@ -319,11 +319,13 @@ async def test_a_graceful_shutdown_runs_the_batch_it_caught_being_started(
     on_the_wire, release = asyncio.Event(), asyncio.Event()
     start = worker.producer.start
 
-    async def held_start(queue: str, entries: list[tuple[str, str]], consumer: str) -> Any:
+    async def held_start(
+        queue: str, entries: list[tuple[str, str]], consumer: str, **options: Any
+    ) -> Any:
         if entries:
             on_the_wire.set()
             await release.wait()
-        return await start(queue, entries, consumer)
+        return await start(queue, entries, consumer, **options)
 
     monkeypatch.setattr(worker.producer, "start", held_start)
     task = asyncio.create_task(worker.async_run())
