@@ -71,9 +71,11 @@ def gateway() -> None:
     settings = _settings()
     from conveyor.gateway_app import gateway_app
     from conveyor.logs import configure_logging
+    from conveyor.telemetry import configure as configure_tracing
     from gateway.server import serve
 
     configure_logging(settings, "gateway")
+    configure_tracing("conveyor-gateway")
     serve(gateway_app(settings), settings)
 
 
@@ -104,8 +106,10 @@ def worker(concurrency: int | None, queue: str | None, burst: bool, handlers: st
     settings = _settings()
     from consumers.worker import run_worker
     from conveyor.logs import configure_logging
+    from conveyor.telemetry import configure as configure_tracing
 
     configure_logging(settings, "worker")
+    configure_tracing("conveyor-worker")
     queue = queue or settings.queues[0]
     sys.exit(
         run_worker(settings, queue=queue, concurrency=concurrency, burst=burst, handlers=handlers)

@@ -32,5 +32,9 @@ def gateway_app(settings: Settings) -> FastAPI:
 
 
 def app_from_env() -> FastAPI:
-    """For `uvicorn conveyor.gateway_app:app_from_env --factory`."""
+    """For `uvicorn conveyor.gateway_app:app_from_env --factory`; exports spans as the
+    OTEL_* variables say, as `conveyor gateway` does."""
+    from conveyor.telemetry import configure
+
+    configure("conveyor-gateway")
     return gateway_app(Settings())

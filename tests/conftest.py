@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.origin",
     "tests.fixtures.cluster",
+    "tests.fixtures.tracing",
 ]
