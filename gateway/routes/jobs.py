@@ -9,7 +9,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import ValidationError
 
@@ -36,6 +36,7 @@ from gateway.models import (
     JobResource,
 )
 from producer import Position
+from schemas import tracing
 from schemas.errors import ConveyorError
 from schemas.models import Event, Job, SubmitRequest
 from schemas.status import JobStatus
@@ -72,38 +73,48 @@ async def submit(
     body: SubmitRequest,
     gw: GatewayDep,
     tenant: Tenant,
+    request: Request,
     response: Response,
     idempotency_key: Annotated[
         str | None,
         Header(description="same key from the same tenant: the same job, whatever the body"),
     ] = None,
 ) -> Any:
+    """A `traceparent` header (W3C Trace Context) makes the job's spans part of the
+    caller's trace (README, "Tracing")."""
     settings = gw.settings
     if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         return _bad_header("Idempotency-Key", "must be 1-255 visible ASCII characters")
-    body = _accepted(gw, body, tenant)
-    try:
-        async with redis_deadline(settings.redis_timeout_s):
-            job = None
-            if idempotency_key is not None:
-                job = await _earlier_job(gw, tenant, idempotency_key, body.queue)
-            if job is None:
-                quota = await _within_quota(gw, tenant, body.flow_size())
-                submitted = await gw.producer.submit(
-                    body, tenant=tenant, idempotency_key=idempotency_key, count_active=quota
-                )
-                job = await gw.producer.get(submitted.queue, submitted.job_id)
-                if submitted.created:
-                    gw.metrics.submits.labels(body.type).inc()
-                if body.cache_ttl_s:
-                    response.headers[CACHE_HEADER] = "hit" if submitted.cached else "miss"
-                if submitted.cached:  # an earlier job's result: nothing was accepted to run
-                    response.status_code = 200
-    except RedisUnavailable as exc:
-        # The script may have run before the answer was lost: say so, and how to find out.
-        raise RedisUnavailable(f"{exc}; {MAYBE_CREATED}") from exc
-    if job is None:  # expired between the two calls: vanishingly rare, and retryable
-        raise RedisUnavailable(f"the job disappeared while it was being read; {MAYBE_CREATED}")
+    name = f"submit {body.type}"
+    with tracing.submitting(name, request.headers, {tracing.JOB_TYPE: body.type}) as traced:
+        body = _accepted(gw, body, tenant)
+        try:
+            async with redis_deadline(settings.redis_timeout_s):
+                job = None
+                if idempotency_key is not None:
+                    job = await _earlier_job(gw, tenant, idempotency_key, body.queue)
+                if job is None:
+                    quota = await _within_quota(gw, tenant, body.flow_size())
+                    submitted = await gw.producer.submit(
+                        body,
+                        tenant=tenant,
+                        idempotency_key=idempotency_key,
+                        count_active=quota,
+                        trace=traced.trace,
+                    )
+                    job = await gw.producer.get(submitted.queue, submitted.job_id)
+                    if submitted.created:
+                        gw.metrics.submits.labels(body.type).inc()
+                    if body.cache_ttl_s:
+                        response.headers[CACHE_HEADER] = "hit" if submitted.cached else "miss"
+                    if submitted.cached:  # an earlier job's result: nothing was accepted to run
+                        response.status_code = 200
+        except RedisUnavailable as exc:
+            # The script may have run before the answer was lost: say so, and how to find out.
+            raise RedisUnavailable(f"{exc}; {MAYBE_CREATED}") from exc
+        if job is None:  # expired between the two calls: vanishingly rare, and retryable
+            raise RedisUnavailable(f"the job disappeared while it was being read; {MAYBE_CREATED}")
+        traced.created([body], job.id)
     response.headers["Location"] = job_path(job.id)
     if idempotency_key is not None:
         response.headers["Idempotency-Key"] = idempotency_key
@@ -145,10 +156,19 @@ def _accepted(gw: Gateway, body: SubmitRequest, tenant: str) -> SubmitRequest:
     response_model=BulkResult,
     responses=SUBMIT_ERRORS,
 )
-async def submit_bulk(body: BulkSubmit, gw: GatewayDep, tenant: Tenant) -> Any:
+async def submit_bulk(body: BulkSubmit, gw: GatewayDep, tenant: Tenant, request: Request) -> Any:
     """Up to 1,000 jobs in one request and one round trip to Redis. Items are independent:
     one that `POST /v1/jobs` would refuse gets its error in its place, and the rest are
-    submitted. A `503` means none is known to have been created."""
+    submitted. A `503` means none is known to have been created. Every job keeps the
+    request's trace context, as `POST /v1/jobs` does."""
+    with tracing.submitting("submit bulk", request.headers, {}) as traced:
+        results = await _submit_items(gw, body, tenant, traced)
+    return BulkResult(results=[item for item in results if item is not None])
+
+
+async def _submit_items(
+    gw: Gateway, body: BulkSubmit, tenant: str, traced: tracing.Submit
+) -> list[BulkItem | None]:
     results: list[BulkItem | None] = [None] * len(body.jobs)
     accepted: list[tuple[int, SubmitRequest]] = []
     for i, raw in enumerate(body.jobs):
@@ -166,7 +186,9 @@ async def submit_bulk(body: BulkSubmit, gw: GatewayDep, tenant: Tenant) -> Any:
         requests = [request for _, request in accepted]
         try:
             async with redis_deadline(gw.settings.redis_timeout_s):
-                job_ids = await gw.producer.submit_many(requests, tenant=tenant, count_active=quota)
+                job_ids = await gw.producer.submit_many(
+                    requests, tenant=tenant, count_active=quota, trace=traced.trace
+                )
                 jobs = await gw.producer.get_many(
                     [(r.queue, job_id) for r, job_id in zip(requests, job_ids, strict=True)]
                 )
@@ -179,7 +201,8 @@ async def submit_bulk(body: BulkSubmit, gw: GatewayDep, tenant: Tenant) -> Any:
                 if job is not None
                 else BulkItem(status=503, error={"error": "unavailable", "message": "expired"})
             )
-    return BulkResult(results=[item for item in results if item is not None])
+        traced.created(requests)
+    return results
 
 
 async def _within_bulk_quota(
