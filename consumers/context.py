@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from consumers import children
 from consumers.steps import Steps, run_step
+from schemas import tracing
 from schemas.rates import Rate
 
 if TYPE_CHECKING:
@@ -239,17 +240,20 @@ class ThreadContext:
         """`JobContext.step` for a handler's thread: `fn` is a plain function, run here."""
         steps = self._ctx._require_steps()
         self._ctx._enter_stage(name)
-        restored, value = self._wait(steps.begin(name))
-        if restored:
-            return value  # type: ignore[no-any-return]
-        started = time.monotonic()
-        try:
-            result = fn(*args, **kwargs)
-        except Exception as exc:
-            self._wait(steps.failed(name, started, exc))
-            raise
-        self._wait(steps.succeeded(name, started, result))
-        return result
+        with tracing.step(steps.span, name) as span:
+            restored, value = self._wait(steps.begin(name))
+            if restored:
+                tracing.step_state(span, "restored")
+                return value  # type: ignore[no-any-return]
+            started = time.monotonic()
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                self._wait(steps.failed(name, started, exc))
+                raise
+            self._wait(steps.succeeded(name, started, result))
+            tracing.step_state(span, "succeeded")
+            return result
 
     @contextlib.contextmanager
     def limit(self, name: str, rate: str) -> Iterator[float]:

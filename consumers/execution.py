@@ -6,6 +6,7 @@ slot, why it was stopped). How the attempt ended is handed to consumers/outcomes
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import time
@@ -20,12 +21,15 @@ from consumers.context import JobContext, ThreadContext
 from consumers.registry import Handler
 from consumers.steps import Steps
 from producer import Delivery, Lease
+from schemas import tracing
 from schemas.errors import PermanentError
 from schemas.models import Artifact, SubmitRequest
 from schemas.stream_id import entry_time_s
 from schemas.strict_json import NotStrictJson, check_json
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from consumers.lanes import Lane
     from consumers.outcomes import Outcomes
     from consumers.storage import Storage
@@ -72,6 +76,7 @@ class Running:
         self.log_fields: dict[str, Any] = {}
         self.since = time.monotonic()
         self.deadline: float | None = None  # while its handler runs: when it times out
+        self.span: Span | None = None  # the attempt's span, when this worker traces
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None and self.task is not None and not self.task.done():
@@ -113,9 +118,16 @@ class Runner:
         self.threads.shutdown(wait=False, cancel_futures=True)
 
     async def run(self, running: Running) -> None:
-        """Run one delivery and hand how it ended to `Outcomes`. The handler runs in this
-        task: a cancel request, a lost lease, its timeout or a shutdown cancels the task, and
-        `running.stop_reason` says which."""
+        """Run one delivery and hand how it ended to `Outcomes`, within the attempt's span
+        when this worker traces (`Outcomes` says how the attempt ended on it)."""
+        d = running.delivery
+        with tracing.attempt(d.trace, d.job_id, d.type, d.queue, d.attempt) as span:
+            running.span = span
+            await self.attempt(running)
+
+    async def attempt(self, running: Running) -> None:
+        """The handler runs in this task: a cancel request, a lost lease, its timeout or a
+        shutdown cancels the task, and `running.stop_reason` says which."""
         d = running.delivery
         function = self.functions.get(d.type)
         if not isinstance(function, Handler):  # arq keeps cron jobs here too; we run none
@@ -143,7 +155,7 @@ class Runner:
                 # A payload that cannot fit fails here, permanently (InvalidPayload).
                 args, kwargs = function.payload.arguments(d.type, d.payload)
                 if function.name in self.threaded:
-                    result = await self.in_thread(function, ctx, args, kwargs)
+                    result = await self.in_thread(function, ctx, args, kwargs, running.span)
                 else:
                     # arq types ctx as a dict; ours is a JobContext that also answers ctx[...].
                     result = await function.coroutine(ctx, *args, **kwargs)  # type: ignore[arg-type]
@@ -169,16 +181,25 @@ class Runner:
         self.outcomes.succeeded(running, result, ctx)
 
     async def in_thread(
-        self, function: Function, ctx: JobContext, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        function: Function,
+        ctx: JobContext,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        span: Span | None = None,
     ) -> Any:
         """A `def` handler blocks: a thread of the pool runs it, the loop stays free for
         leases, cancels, progress and other jobs. A thread cannot be cancelled: on a cancel or
-        a timeout the job ends at once and `ctx.cancel_requested` tells the handler to stop."""
+        a timeout the job ends at once and `ctx.cancel_requested` tells the handler to stop.
+        With the attempt's `span`, the thread runs in this task's context (as
+        `asyncio.to_thread` would), so that spans the handler makes are the attempt's."""
         handler: Any = function.coroutine
         loop = asyncio.get_running_loop()
         in_thread = ThreadContext(ctx, loop)
         try:
             call = partial(handler, in_thread, *args, **kwargs)
+            if span is not None:
+                call = partial(contextvars.copy_context().run, call)
             return await loop.run_in_executor(self.threads, call)
         except asyncio.CancelledError:
             ctx.cancel_requested = True
@@ -203,6 +224,7 @@ class Runner:
             d,
             on_lease_lost=lambda: running.stop("lease_lost"),
             keep_artifact=storage.keep if storage is not None else lambda artifact: None,
+            span=running.span,
         )
 
         async def submit(request: SubmitRequest, key: str) -> str:
@@ -214,7 +236,11 @@ class Runner:
                 if isinstance(handler, Handler):
                     handler.payload.arguments(job.type, job.payload)
             tenant = await self.producer.tenant_of(d.queue, d.job_id)
-            submitted = await self.producer.submit(request, tenant=tenant, idempotency_key=key)
+            # A follow-up's attempts join this one's trace, as children of its span.
+            trace = tracing.context_of(running.span)
+            submitted = await self.producer.submit(
+                request, tenant=tenant, idempotency_key=key, trace=trace
+            )
             return submitted.job_id
 
         return JobContext(

@@ -19,6 +19,7 @@ from consumers.keeper import JOB_TASK_PREFIX
 from consumers.outcomes import REDIS_RETRY_S, persist
 from consumers.periodic import pause
 from producer import Delivery
+from schemas import tracing
 
 if TYPE_CHECKING:
     from consumers.execution import Runner
@@ -129,7 +130,10 @@ class Lanes:
                     await pause(self.stopping, PAUSE_POLL_S)
                     continue
                 entries = await self.fetch(free)
-                for delivery in await self.producer.start(self.queue, entries, self.consumer):
+                started = await self.producer.start(
+                    self.queue, entries, self.consumer, traced=tracing.active()
+                )
+                for delivery in started:
                     self.spawn(delivery)
                 if entries:
                     self.queue_empty.clear()
@@ -158,10 +162,16 @@ class Lanes:
             finished, outcomes = self.outcomes.collect(lane)
             self.batches_in_flight += 1
             try:
-                taken = await persist(
-                    partial(self.producer.take, self.queue, self.consumer, count, outcomes),
-                    self.settings.visibility_timeout_s,
+                # Asked each time: a provider may be installed after the worker started.
+                take = partial(
+                    self.producer.take,
+                    self.queue,
+                    self.consumer,
+                    count,
+                    outcomes,
+                    traced=tracing.active(),
                 )
+                taken = await persist(take, self.settings.visibility_timeout_s)
             except RedisError as exc:
                 self._written(finished, None)
                 logger.error("could not take or record jobs (%s)", describe(exc))

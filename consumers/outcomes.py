@@ -34,6 +34,7 @@ from consumers import metrics
 from consumers.errors import describe
 from consumers.execution import JobLog, Running, clear_own_cancel, logger_for
 from producer import Delivery
+from schemas import tracing
 from schemas.errors import PermanentError
 from schemas.models import Artifact
 
@@ -96,6 +97,7 @@ class Outcomes:
             metrics.labelled(metrics.UPLOAD_BYTES, d.queue, d.type).inc(artifact.size)
         running.outcome = (result, ctx.artifacts)
         running.log_fields = {"duration_s": duration_s, "stages": stages}
+        tracing.ended(running.span, "succeeded")
         running.lane.finished.append(running)
         running.lane.release(running)
 
@@ -151,6 +153,7 @@ class Outcomes:
             ),
             self.settings.visibility_timeout_s,
         )
+        tracing.ended(running.span, outcome, exc)  # retrying, failed, or fenced
         duration_s, stages = ctx.timings() if ctx else (0.0, {})
         record = {"error": describe(exc), "duration_s": duration_s, "stages": stages}
         if outcome == "retrying":
@@ -177,6 +180,7 @@ class Outcomes:
         for another consumer to reclaim, and the cancellation propagates)."""
         d = running.delivery
         if running.stop_reason is None:
+            tracing.ended(running.span, "shutdown")
             log.info("shutting down: left pending for another consumer to reclaim")
             raise asyncio.CancelledError
         clear_own_cancel()
@@ -184,6 +188,7 @@ class Outcomes:
             error = TimeoutError(f"timed out after {timeout_s:g}s")
             await self.failed(running, error, function, ctx)
         elif running.stop_reason == "cancelled":
+            tracing.ended(running.span, "cancelled")
             if await persist(
                 lambda: self.producer.cancelled(d, "cancelled by request"),
                 self.settings.visibility_timeout_s,
@@ -192,4 +197,5 @@ class Outcomes:
                 metrics.labelled(metrics.JOBS, d.queue, d.type, "cancelled").inc()
                 log.info("cancelled by request")
         else:
+            tracing.ended(running.span, "lease_lost")
             log.warning("lease lost to another consumer; stopped without writing")

@@ -22,12 +22,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from consumers.errors import describe
+from schemas import tracing
 from schemas.errors import LeaseLost, PermanentError
 from schemas.events import StepState
 from schemas.models import Artifact
 from schemas.strict_json import NotStrictJson, check_json
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from producer import Delivery, Producer
 
 MAX_STEPS = 1000  # per job, loops with computed names (f"chunk-{i}") included
@@ -45,12 +48,14 @@ class Steps:
         *,
         on_lease_lost: Callable[[], None],
         keep_artifact: Callable[[Artifact], None],
+        span: Span | None = None,
     ) -> None:
         self._producer = producer
         self._delivery = delivery
         self._on_lease_lost = on_lease_lost
         self._keep_artifact = keep_artifact
         self._used: set[str] = set()
+        self.span = span  # the attempt's, when its worker traces: each step's is its child
 
     async def begin(self, name: str) -> tuple[bool, Any]:
         """`(True, result)` for a step an earlier attempt completed (restored), else
@@ -103,20 +108,24 @@ async def run_step(
     steps: Steps, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any
 ) -> Any:
     """The body of `JobContext.step`: restore, or run `fn` and record how it ended. A
-    cancel (user, timeout, shutdown) is not the step's failure: nothing is recorded."""
-    restored, value = await steps.begin(name)
-    if restored:
+    cancel (user, timeout, shutdown) is not the step's failure: nothing is recorded. Within
+    the step's span, when the attempt has one."""
+    with tracing.step(steps.span, name) as span:
+        restored, value = await steps.begin(name)
+        if restored:
+            tracing.step_state(span, "restored")
+            return value
+        started = time.monotonic()
+        try:
+            value = fn(*args, **kwargs)
+            if inspect.isawaitable(value):
+                value = await value
+        except Exception as exc:
+            await steps.failed(name, started, exc)
+            raise
+        await steps.succeeded(name, started, value)
+        tracing.step_state(span, "succeeded")
         return value
-    started = time.monotonic()
-    try:
-        value = fn(*args, **kwargs)
-        if inspect.isawaitable(value):
-            value = await value
-    except Exception as exc:
-        await steps.failed(name, started, exc)
-        raise
-    await steps.succeeded(name, started, value)
-    return value
 
 
 def _ms_since(started: float) -> int:

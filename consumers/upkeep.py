@@ -18,6 +18,7 @@ from arq.worker import Function
 from consumers import metrics
 from consumers.hooks import FailureHooks, failure_hook
 from consumers.periodic import every, pause
+from schemas import tracing
 from schemas.keys import FAILURE_GROUP, FLOW_GROUP
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class Upkeep:
                 min_idle_ms=int(w.settings.visibility_timeout_s * 1000),
                 max_deliveries=w.settings.max_deliveries,
                 count=free,
+                traced=tracing.active(),
             )
             w.dead_lettered += len(report.dead)
             metrics.labelled(metrics.DEAD_LETTERED, w.queue, "poison").inc(len(report.dead))
