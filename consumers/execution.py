@@ -10,6 +10,7 @@ import contextvars
 import inspect
 import logging
 import time
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -117,9 +118,15 @@ class Runner:
     def close(self) -> None:
         self.threads.shutdown(wait=False, cancel_futures=True)
 
-    async def run(self, running: Running) -> None:
-        """Run one delivery and hand how it ended to `Outcomes`, within the attempt's span
-        when this worker traces (`Outcomes` says how the attempt ended on it)."""
+    def run(self, running: Running) -> Coroutine[Any, Any, None]:
+        """The job task's coroutine: run one delivery and hand how it ended to `Outcomes`;
+        within the attempt's span when this worker traces (`Outcomes` says on it how the
+        attempt ended). An untraced job pays nothing for it, not even a frame."""
+        if running.delivery.trace is None:
+            return self.attempt(running)
+        return self.traced(running)
+
+    async def traced(self, running: Running) -> None:
         d = running.delivery
         with tracing.attempt(d.trace, d.job_id, d.type, d.queue, d.attempt) as span:
             running.span = span
