@@ -7,9 +7,9 @@ A response lives in two phases:
    bounded buffer; one that overflows is dropped.
 2. Live. `go_live()` flushes the buffer and from then on the hub writes each event straight
    into the connection from its own loop: one frame encoded per event, then a synchronous
-   write per client. There is no task switch, queue or generator step per client and event,
-   which is what lets one process deliver an event to 10,000 browsers in about the time the
-   kernel takes to send 10,000 small TCP segments.
+   write per client (`gateway.sse.transport` chooses how). There is no task switch, queue
+   or generator step per client and event, which is what lets one process deliver an event
+   to 10,000 browsers in about the time the kernel takes to send 10,000 small TCP segments.
 
 A live write that would have to wait means the client is not reading and the server's
 write buffer is full. That frame is not sent and the subscriber is dropped: the response
@@ -39,6 +39,15 @@ Write = Callable[[bytes], bool]
 """Write one whole SSE frame now; False when it could not be written without waiting."""
 
 
+def chunk(frame: bytes) -> bytes:
+    """`frame` as one HTTP/1.1 chunk, for a `Write` that takes frames framed (the transport
+    writer of gateway.sse.transport, which bypasses the server's own framing)."""
+    return b"%x\r\n%b\r\n" % (len(frame), frame)
+
+
+CHUNKED_PING_FRAME = chunk(PING_FRAME)
+
+
 def event_message(event: Event, *, with_id: bool = True) -> ServerSentEvent:
     return ServerSentEvent(
         data=event.model_dump_json(),
@@ -51,17 +60,23 @@ class Outgoing:
     """An event on its way to many subscribers: its id parsed and each frame encoded once,
     whatever the number of clients."""
 
-    __slots__ = ("_frames", "event", "key")
+    __slots__ = ("_frames", "event", "key", "queue", "terminal")
 
     def __init__(self, event: Event) -> None:
         self.event = event
         self.key = parse_id(event.id)
-        self._frames: dict[bool, bytes] = {}
+        self.queue = event.queue
+        self.terminal = event.event.is_terminal
+        # with_id + 2 * chunked -> the frame
+        self._frames: list[bytes | None] = [None, None, None, None]
 
-    def frame(self, with_id: bool) -> bytes:
-        frame = self._frames.get(with_id)
+    def frame(self, with_id: bool, chunked: bool = False) -> bytes:
+        frame = self._frames[with_id + 2 * chunked]
         if frame is None:
-            frame = self._frames[with_id] = event_message(self.event, with_id=with_id).encode()
+            frame = event_message(self.event, with_id=with_id).encode()
+            if chunked:
+                frame = chunk(frame)
+            self._frames[with_id + 2 * chunked] = frame
         return frame
 
 
@@ -88,7 +103,8 @@ class SentIds:
         if seen is not None and key <= seen:
             return None
         self.per_queue[queue] = key
-        if self.highest is None or key > self.highest:
+        highest = self.highest
+        if highest is None or key > highest:
             self.highest = key
             return True
         return False
@@ -121,11 +137,13 @@ class Subscriber:
 
     __slots__ = (
         "_buffer",
+        "_chunked",
         "_closed_event",
         "_write",
         "closed",
         "dropped",
         "event_types",
+        "filtered",
         "job_id",
         "job_types",
         "maxsize",
@@ -153,9 +171,11 @@ class Subscriber:
         self.queues = queues
         self.job_types = job_types
         self.event_types = event_types
+        self.filtered = queues is not None or job_types is not None or event_types is not None
         self.sent = SentIds()
         self._buffer: deque[Outgoing] = deque()
         self._write: Write | None = None
+        self._chunked = False
         self._closed_event = asyncio.Event()
         self.closed = False
         self.dropped = False
@@ -182,21 +202,24 @@ class Subscriber:
             return True
         return self._send(out)
 
-    def go_live(self, write: Write) -> None:
-        """Flush what came in while catching up, then have the hub write through `write`."""
+    def go_live(self, write: Write, *, chunked: bool = False) -> None:
+        """Flush what came in while catching up, then have the hub write through `write`
+        (which takes frames framed as HTTP/1.1 chunks when `chunked`)."""
         self._write = write
+        self._chunked = chunked
         while self._buffer and not self.closed:
             self._send(self._buffer.popleft())
 
     def _send(self, out: Outgoing) -> bool:
+        # The hub's inner loop, once per event and client: one call each for the id check,
+        # the frame and the write.
         assert self._write is not None
-        event = out.event
-        with_id = self.sent.admit(event.queue, out.key)
+        with_id = self.sent.admit(out.queue, out.key)
         if with_id is None:
             return True
-        if not self._write(out.frame(with_id)):
+        if not self._write(out.frame(with_id, self._chunked)):
             return self._drop()
-        if self.job_id is not None and event.event.is_terminal:
+        if out.terminal and self.job_id is not None:
             self.close()  # a job's stream ends after its terminal event
         return True
 
@@ -204,7 +227,8 @@ class Subscriber:
         """Write a comment ping; False when this subscriber is now dropped."""
         if self.closed or self._write is None:
             return True
-        return self._write(PING_FRAME) or self._drop()
+        frame = CHUNKED_PING_FRAME if self._chunked else PING_FRAME
+        return self._write(frame) or self._drop()
 
     def _drop(self) -> bool:
         self.dropped = True
