@@ -85,29 +85,48 @@ class SentIds:
     stream), and the `id:` line the client resumes from must only grow: an event whose id
     is not above the highest sent (another queue's) goes out without one."""
 
-    __slots__ = ("highest", "per_queue")
+    # The hub reads this once per event and client. Most clients follow one queue, whose
+    # mark lives in two slots here; a dict is made only for a second queue, so the common
+    # check touches this one object.
+    __slots__ = ("_others", "_queue", "_seen", "highest")
 
     def __init__(self) -> None:
-        self.per_queue: dict[str, tuple[int, int]] = {}
         self.highest: tuple[int, int] | None = None
+        self._queue: str | None = None
+        self._seen: tuple[int, int] | None = None
+        self._others: dict[str, tuple[int, int]] | None = None
 
     def mark(self, queues: list[str], key: tuple[int, int]) -> None:
         """Everything up to `key` in these queues counts as sent."""
         for queue in queues:
-            self.per_queue[queue] = key
+            self._record(queue, key)
         self.highest = key if self.highest is None else max(self.highest, key)
 
     def admit(self, queue: str, key: tuple[int, int]) -> bool | None:
         """None: already sent, skip it. Else whether to send it with its `id:` line."""
-        seen = self.per_queue.get(queue)
-        if seen is not None and key <= seen:
-            return None
-        self.per_queue[queue] = key
+        if queue == self._queue:
+            seen = self._seen
+            if seen is not None and key <= seen:
+                return None
+            self._seen = key
+        else:
+            seen = self._others.get(queue) if self._others is not None else None
+            if seen is not None and key <= seen:
+                return None
+            self._record(queue, key)
         highest = self.highest
         if highest is None or key > highest:
             self.highest = key
             return True
         return False
+
+    def _record(self, queue: str, key: tuple[int, int]) -> None:
+        if self._queue is None or queue == self._queue:
+            self._queue, self._seen = queue, key
+        elif self._others is None:
+            self._others = {queue: key}
+        else:
+            self._others[queue] = key
 
 
 def direct_writer(send: Send) -> Write:
@@ -195,12 +214,22 @@ class Subscriber:
         """Take `out` without ever blocking; False when this subscriber is now dropped."""
         if self.closed:
             return True
-        if self._write is None:
+        write = self._write
+        if write is None:
             if len(self._buffer) >= self.maxsize:
                 return self._drop()
             self._buffer.append(out)
             return True
-        return self._send(out)
+        # Live: the hub's inner loop, once per event and client, so one call each for the
+        # id check, the frame and the write, and nothing else.
+        with_id = self.sent.admit(out.queue, out.key)
+        if with_id is None:
+            return True
+        if not write(out.frame(with_id, self._chunked)):
+            return self._drop()
+        if out.terminal and self.job_id is not None:
+            self.close()  # a job's stream ends after its terminal event
+        return True
 
     def go_live(self, write: Write, *, chunked: bool = False) -> None:
         """Flush what came in while catching up, then have the hub write through `write`
@@ -208,20 +237,7 @@ class Subscriber:
         self._write = write
         self._chunked = chunked
         while self._buffer and not self.closed:
-            self._send(self._buffer.popleft())
-
-    def _send(self, out: Outgoing) -> bool:
-        # The hub's inner loop, once per event and client: one call each for the id check,
-        # the frame and the write.
-        assert self._write is not None
-        with_id = self.sent.admit(out.queue, out.key)
-        if with_id is None:
-            return True
-        if not self._write(out.frame(with_id, self._chunked)):
-            return self._drop()
-        if out.terminal and self.job_id is not None:
-            self.close()  # a job's stream ends after its terminal event
-        return True
+            self.push(self._buffer.popleft())
 
     def ping(self) -> bool:
         """Write a comment ping; False when this subscriber is now dropped."""

@@ -111,19 +111,27 @@ def handed_over() -> asyncio.Transport | None:
 
 def transport_writer(transport: asyncio.Transport) -> Write:
     """A `Write` of whole, already framed bytes straight into `transport`."""
-    buffered = transport.get_write_buffer_size
-    closing = transport.is_closing
-    _low, high = transport.get_write_buffer_limits()
+    return _TransportWriter(transport).write
 
-    def write(frame: bytes) -> bool:
-        if closing():  # gone: the response ends on its disconnect, as after uvicorn's send
+
+class _TransportWriter:
+    # A bound method of a slotted object rather than a closure: the hub calls this once per
+    # event and client, and a closure's cells and bound methods are objects of their own,
+    # each a likely cache miss (0.5 us per delivery at 4,000 clients, bench in process).
+    __slots__ = ("high", "transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        _low, self.high = transport.get_write_buffer_limits()
+
+    def write(self, frame: bytes) -> bool:
+        transport = self.transport
+        if transport.is_closing():  # gone: the response ends on its disconnect, as after send
             return True
-        if buffered() > high:  # where uvicorn's send would wait: the client stopped reading
+        if transport.get_write_buffer_size() > self.high:  # where uvicorn's send would wait
             return False
         transport.write(frame)
         return True
-
-    return write
 
 
 def live_writer(scope: Scope, send: Send, headers: Iterable[tuple[bytes, bytes]]) -> LiveWriter:
