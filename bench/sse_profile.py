@@ -41,6 +41,7 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
     ("sse-starlette (the response)", ("sse_starlette/",)),
     ("driving the ASGI send (direct_writer)", ("direct_writer",)),
     ("the transport writer (gateway.sse.transport)", ("gateway/sse/transport.py",)),
+    ("the hub's lanes (gateway.sse.lane)", ("gateway/sse/lane.py",)),
     ("subscriber bookkeeping (push, SentIds)", ("gateway/sse/subscriber.py",)),
     (
         "hub loop (read, targets, throttle, dispatch)",

@@ -47,7 +47,8 @@ class HubEventSourceResponse(EventSourceResponse):
             yield message
         # Everything yielded so far has been sent: the hub can write after it.
         assert self._writer is not None
-        self.sub.go_live(self._writer.write, chunked=self._writer.chunked)
+        writer = self._writer
+        self.sub.go_live(writer.write, chunked=writer.chunked, transport=writer.transport)
         await self.sub.wait_closed()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

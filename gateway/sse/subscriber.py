@@ -26,12 +26,16 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sse_starlette.event import ServerSentEvent
 from starlette.types import Send
 
 from schemas.models import Event
 from schemas.stream_id import parse_id
+
+if TYPE_CHECKING:
+    from gateway.sse.lane import Lane
 
 PING_FRAME = b": ping\r\n\r\n"
 
@@ -120,6 +124,10 @@ class SentIds:
             return True
         return False
 
+    @property
+    def covers_one_queue(self) -> bool:
+        return self._others is None
+
     def _record(self, queue: str, key: tuple[int, int]) -> None:
         if self._queue is None or queue == self._queue:
             self._queue, self._seen = queue, key
@@ -165,11 +173,13 @@ class Subscriber:
         "filtered",
         "job_id",
         "job_types",
+        "lane",
         "maxsize",
         "queue",
         "queues",
         "sent",
         "tenant",
+        "transport",
     )
 
     def __init__(
@@ -195,6 +205,9 @@ class Subscriber:
         self._buffer: deque[Outgoing] = deque()
         self._write: Write | None = None
         self._chunked = False
+        # On the transport path: the connection, and the hub's lane it is written in, if any.
+        self.transport: asyncio.Transport | None = None
+        self.lane: Lane | None = None
         self._closed_event = asyncio.Event()
         self.closed = False
         self.dropped = False
@@ -231,11 +244,16 @@ class Subscriber:
             self.close()  # a job's stream ends after its terminal event
         return True
 
-    def go_live(self, write: Write, *, chunked: bool = False) -> None:
+    def go_live(
+        self, write: Write, *, chunked: bool = False, transport: asyncio.Transport | None = None
+    ) -> None:
         """Flush what came in while catching up, then have the hub write through `write`
-        (which takes frames framed as HTTP/1.1 chunks when `chunked`)."""
+        (which takes frames framed as HTTP/1.1 chunks when `chunked`). `transport`: the
+        connection `write` writes into, when it is the transport path's (the hub may then
+        write there itself: gateway.sse.lane)."""
         self._write = write
         self._chunked = chunked
+        self.transport = transport
         while self._buffer and not self.closed:
             self.push(self._buffer.popleft())
 
@@ -252,6 +270,8 @@ class Subscriber:
         return False
 
     def close(self) -> None:
+        if self.lane is not None:
+            self.lane.leave(self)
         self.closed = True
         self._buffer.clear()
         self._closed_event.set()

@@ -70,11 +70,13 @@ _connection: ContextVar[asyncio.Transport | None] = ContextVar(
 
 class LiveWriter(NamedTuple):
     """How the hub writes a response's live frames: `write`, given frames framed as HTTP/1.1
-    chunks when `chunked`; `path` names the path taken (for logs and tests)."""
+    chunks when `chunked`; `path` names the path taken (for logs and tests); `transport`,
+    on the transport path, is the connection `write` writes into."""
 
     write: Write
     chunked: bool
     path: str
+    transport: asyncio.Transport | None = None
 
 
 def uvicorn_version() -> tuple[int, int] | None:
@@ -147,7 +149,7 @@ def live_writer(scope: Scope, send: Send, headers: Iterable[tuple[bytes, bytes]]
         reason = "not a streamed GET response"
     else:
         _log_path_once("transport", "SSE live frames go straight into each connection")
-        return LiveWriter(transport_writer(transport), chunked=True, path="transport")
+        return LiveWriter(transport_writer(transport), True, "transport", transport)
     _log_path_once(reason, f"SSE live frames go through ASGI send: {reason}")
     return LiveWriter(direct_writer(send), chunked=False, path="asgi")
 
