@@ -56,9 +56,15 @@ class Gateway:
 
 
 @contextlib.contextmanager
-def gateway(workdir: Path, *, access_log: bool = False, backlog: int = 2048) -> Iterator[Gateway]:
+def gateway(
+    workdir: Path, *, access_log: bool = False, backlog: int = 2048, as_deployed: bool = False
+) -> Iterator[Gateway]:
     """Its own redis-server and one gateway process; both stopped by pid on the way out.
-    The gateway inherits this process's resource limits (RLIMIT_NOFILE included)."""
+    The gateway inherits this process's resource limits (RLIMIT_NOFILE included).
+
+    By default the gateway is a bare `uvicorn ... --factory`; `as_deployed` runs it as
+    `conveyor gateway` does instead (`gateway.server.serve`: its connection-limiting HTTP
+    protocol and the listening socket's fixed send buffer), logging warnings only."""
     with EmbeddedRedis(workdir / "redis") as redis:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
@@ -68,11 +74,17 @@ def gateway(workdir: Path, *, access_log: bool = False, backlog: int = 2048) -> 
             CONVEYOR_QUEUES=QUEUE,
             CONVEYOR_TOKEN_SECRET="bench",
         )
-        argv = [
-            sys.executable, "-m", "uvicorn", "conveyor.gateway_app:app_from_env", "--factory",
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-            "--backlog", str(backlog), "--access-log" if access_log else "--no-access-log",
-        ]  # fmt: skip
+        if as_deployed:
+            env.update(
+                CONVEYOR_HOST="127.0.0.1", CONVEYOR_PORT=str(port), CONVEYOR_LOG_LEVEL="warning"
+            )
+            argv = [sys.executable, "-m", "conveyor.cli", "gateway"]
+        else:
+            argv = [
+                sys.executable, "-m", "uvicorn", "conveyor.gateway_app:app_from_env", "--factory",
+                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+                "--backlog", str(backlog), "--access-log" if access_log else "--no-access-log",
+            ]  # fmt: skip
         process = ManagedProcess(
             "gateway", argv, env=env, cwd=workdir, log_path=workdir / "gateway.log"
         ).start()

@@ -2,7 +2,9 @@
 
     .venv/bin/python -m bench.sse_fanout [--clients 1000] [--progress 8]
 
-Starts its own redis-server and one gateway process (bench.http_submit.gateway), raises
+Starts its own redis-server and one gateway process as `conveyor gateway` runs it
+(bench.http_submit.gateway, as_deployed: its protocol hands the hub each connection, see
+gateway.sse.transport; a bare `uvicorn --factory` would measure the ASGI fallback), raises
 RLIMIT_NOFILE (soft to hard, which the gateway child inherits), opens `--clients` SSE
 connections to the tenant's firehose, then drives one job through its states with the
 producer (submit, start, `--progress` progress reports, succeed) as a worker would.
@@ -202,7 +204,7 @@ async def run(clients: int, progress_steps: int) -> None:
         raise SystemExit(f"RLIMIT_NOFILE is {limit}: too low for {clients} clients")
     with (
         tempfile.TemporaryDirectory(prefix="bench-sse-") as tmp,
-        gateway(Path(tmp), backlog=max(2048, clients)) as gw,
+        gateway(Path(tmp), as_deployed=True) as gw,
     ):
         redis = aioredis.Redis.from_url(gw.redis_url, decode_responses=True)
         producer = Producer(redis, Settings(redis_url=gw.redis_url, queues=[QUEUE]))

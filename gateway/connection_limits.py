@@ -34,6 +34,10 @@ What this relies on in uvicorn, verified on uvicorn 0.55 (httptools 0.9):
   loop are taken from asyncio (`connection_made`, `get_running_loop`), and whether uvicorn has
   paused reading is asked of the transport (`is_reading`), where its flow control pauses it.
 
+The same protocol hands each request its connection's transport, for the SSE hub's live
+writes: `on_headers_complete`, in which uvicorn creates the request's task, runs inside
+`gateway.sse.transport.handing_over` (that module says what it relies on).
+
 Without httptools (an optional uvicorn dependency) `limited_protocol` logs a warning and
 returns "auto": uvicorn's default protocol, without these limits.
 """
@@ -47,6 +51,8 @@ from typing import Any, ClassVar, cast
 
 from uvicorn.config import Config
 from uvicorn.server import ServerState
+
+from gateway.sse.transport import handing_over
 
 log = logging.getLogger("conveyor.gateway")
 
@@ -151,7 +157,10 @@ class LimitedProtocol(HttpToolsProtocol):
         self._in_body = True
         self._cancel(self._head_timer)
         self._head_timer = None
-        super().on_headers_complete()
+        # uvicorn creates the request's task in here: it sees this connection's transport
+        # (gateway.sse.transport, for the hub's live writes).
+        with handing_over(self._conn):
+            super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         self._in_body = False

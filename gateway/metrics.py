@@ -15,6 +15,13 @@ class Metrics:
         self.sse_connections = Gauge(
             "conveyor_gateway_sse_connections", "Open SSE responses", ["stream"], registry=r
         )
+        self.sse_live_path = Counter(
+            "conveyor_gateway_sse_live_path",
+            "SSE responses by how the hub writes their live frames: 'transport' (straight into "
+            "the connection) or 'asgi' (through ASGI send, where the server is not verified)",
+            ["path"],
+            registry=r,
+        )
         self.hub_events = Counter(
             "conveyor_gateway_hub_events", "Events the hub read from Redis", registry=r
         )

@@ -16,6 +16,8 @@ Concurrency::
        catching up: a bounded buffer; overflow drops the subscriber
        live: the frame is written straight into the connection; a write that would wait
              (the client stopped reading) drops the subscriber
+       in step with the hub (gateway.sse.lane): one check per event for the whole group,
+             then a bare transport.write per connection
        ▼
     response (gateway.sse.catch_up + gateway.sse.response) ── sends the snapshot or replay,
        hands the subscriber its connection, and ends when the subscriber closes. A dropped client
@@ -39,6 +41,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from gateway.metrics import Metrics
+from gateway.sse.lane import Lane
 from gateway.sse.subscriber import Outgoing, Subscriber
 from gateway.sse.throttle import ProgressThrottle
 from producer import Producer
@@ -48,12 +51,34 @@ from schemas.stream_id import parse_id
 
 log = logging.getLogger("conveyor.gateway.hub")
 
+Subscribers = dict[Subscriber, None]
+"""An ordered set: insertion order, so the hub writes to the oldest connections first."""
+
 BATCH = 500
 BLOCK_MS = 1000
 BACKOFF_MAX_S = 2.0
 # Live subscribers pinged per turn of the event loop: a ping round over 10,000 clients
 # never holds an event back for more than one slice.
 PING_SLICE = 500
+
+
+class Group:
+    """One job's subscribers, or one tenant's firehose subscribers: those in step with the
+    hub, in the group's lane (gateway.sse.lane), and the others."""
+
+    __slots__ = ("ends_at_terminal", "lane", "others")
+
+    def __init__(self, *, lane: bool, ends_at_terminal: bool) -> None:
+        self.others: Subscribers = {}
+        self.lane = Lane(self.others) if lane else None
+        self.ends_at_terminal = ends_at_terminal
+
+    def subscribers(self) -> list[Subscriber]:
+        members = list(self.lane.members.values()) if self.lane is not None else []
+        return [*self.others, *members]
+
+    def __len__(self) -> int:
+        return len(self.others) + (len(self.lane) if self.lane is not None else 0)
 
 
 class Hub:
@@ -65,8 +90,13 @@ class Hub:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.positions: dict[str, str] = {}  # queue -> the last id read of its events stream
-        self._jobs: dict[str, set[Subscriber]] = {}
-        self._tenants: dict[str, set[Subscriber]] = {}
+        # Subscribers in the order they came, as dict keys rather than a set: the hub's loop
+        # then visits them roughly in the order their objects lie in memory, where a set's
+        # hash order scattered them (1.5 us more per delivery at 5,000 subscribers).
+        self._jobs: dict[str, Group] = {}
+        self._tenants: dict[str, Group] = {}
+        # A tenant's unfiltered firehose follows one queue only when the gateway reads one.
+        self._tenant_lanes = len(settings.queues) == 1
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._resolving = asyncio.Lock()
@@ -79,7 +109,10 @@ class Hub:
 
     def subscribe_job(self, queue: str, job_id: str) -> Subscriber:
         sub = Subscriber(self.settings.sse_subscriber_buffer, queue=queue, job_id=job_id)
-        self._jobs.setdefault(job_id, set()).add(sub)
+        group = self._jobs.get(job_id)
+        if group is None:
+            group = self._jobs[job_id] = Group(lane=True, ends_at_terminal=True)
+        group.others[sub] = None
         return sub
 
     def subscribe_tenant(
@@ -97,43 +130,62 @@ class Hub:
             job_types=frozenset(job_types) if job_types else None,
             event_types=frozenset(event_types) if event_types else None,
         )
-        self._tenants.setdefault(tenant, set()).add(sub)
+        group = self._tenants.get(tenant)
+        if group is None:
+            group = self._tenants[tenant] = Group(lane=self._tenant_lanes, ends_at_terminal=False)
+        group.others[sub] = None
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
-        sub.close()
+        sub.close()  # out of its lane, if it was in one: back among its group's others
         index, key = (self._jobs, sub.job_id) if sub.job_id else (self._tenants, sub.tenant)
-        if key is None or sub not in index.get(key, ()):
+        group = index.get(key) if key is not None else None
+        if key is None or group is None or sub not in group.others:
             return
-        subs = index[key]
         if sub.dropped:
             self.metrics.hub_drops.inc()
-        subs.discard(sub)
-        if not subs:
+        del group.others[sub]
+        if not group:
             del index[key]
 
     @property
     def subscriber_count(self) -> int:
-        return sum(map(len, self._all_subscribers()))
+        return sum(map(len, self._groups()))
 
     def dispatch(self, event: Event) -> None:
-        targets: list[Subscriber] = list(self._jobs.get(event.job_id, ()))
-        targets += [s for s in self._tenants.get(event.tenant, ()) if s.matches(event)]
-        self.dispatch_to(targets, event)
+        groups = [self._jobs.get(event.job_id), self._tenants.get(event.tenant)]
+        self.dispatch_to([group for group in groups if group is not None], event)
         self.dispatched += 1
 
-    def dispatch_to(self, subs: list[Subscriber], event: Event) -> None:
-        if not subs:
+    def dispatch_to(self, groups: list[Group], event: Event) -> None:
+        """Offer `event` to the subscribers of `groups` it matches."""
+        if not groups:
             return
         out = Outgoing(event)
         try:
             out.frame(with_id=True)  # encoded once here, so a failure is met before any push
         except ValueError as exc:  # pydantic's serialisation errors are ValueErrors
+            subs = [
+                s for g in groups for s in g.subscribers() if not s.filtered or s.matches(event)
+            ]
             self._undeliverable(subs, event, exc)
             return
-        for sub in subs:
-            if not sub.push(out):
-                self.unsubscribe(sub)
+        dropped: list[Subscriber] = []
+        for group in groups:
+            lane = group.lane
+            if lane is not None and lane.admit(out.key) and lane.members:
+                dropped += lane.write(out.frame(True, chunked=True))
+                if out.terminal and group.ends_at_terminal:
+                    lane.close_all()
+            # The others one by one, in one pass over a copy of the keys (each visit is a
+            # likely cache miss), filters checked on the way; one now in step joins the lane.
+            for sub in list(group.others):
+                if (not sub.filtered or sub.matches(event)) and not sub.push(out):
+                    dropped.append(sub)
+                elif lane is not None and lane.takes(sub):
+                    lane.join(sub)
+        for sub in dropped:
+            self.unsubscribe(sub)
 
     def _undeliverable(self, subs: list[Subscriber], event: Event, exc: Exception) -> None:
         """An event that cannot be encoded is skipped for its own subscribers, never retried:
@@ -192,8 +244,8 @@ class Hub:
         if task is not None and not task.cancelled():
             with contextlib.suppress(Exception):
                 task.result()
-        for subs in self._all_subscribers():
-            for sub in list(subs):
+        for group in self._groups():
+            for sub in group.subscribers():
                 sub.close()
         self._jobs.clear()
         self._tenants.clear()
@@ -221,14 +273,14 @@ class Hub:
         subscriber, rather than a task per connection."""
         while not self._closing:
             await asyncio.sleep(self.settings.sse_ping_s)  # a period, not a wait for work
-            live = [sub for subs in self._all_subscribers() for sub in subs if sub.live]
+            live = [sub for group in self._groups() for sub in group.subscribers() if sub.live]
             for start in range(0, len(live), PING_SLICE):
                 for sub in live[start : start + PING_SLICE]:
                     if not sub.ping():
                         self.unsubscribe(sub)
                 await asyncio.sleep(0)
 
-    def _all_subscribers(self) -> list[set[Subscriber]]:
+    def _groups(self) -> list[Group]:
         return [*self._jobs.values(), *self._tenants.values()]
 
     async def _read_loop(self, queues: list[str]) -> None:
@@ -309,13 +361,13 @@ class Hub:
             return
         self.metrics.hub_refills.inc()
         log.warning("hub reader fell behind the cap of %s's events: refilling", queue)
-        for job_id, subs in list(self._jobs.items()):
-            if not any(s.queue == queue for s in subs):
+        for job_id, group in list(self._jobs.items()):
+            if not any(s.queue == queue for s in group.subscribers()):
                 continue
             for event in await self.store.events(queue, job_id, position, before=first_read):
-                self.dispatch_to(list(subs), event)
-        for tenant_subs in list(self._tenants.values()):
-            for sub in list(tenant_subs):
+                self.dispatch_to([group], event)
+        for tenant_group in list(self._tenants.values()):
+            for sub in tenant_group.subscribers():
                 if sub.queues is None or queue in sub.queues:
                     sub.dropped = True
                     self.unsubscribe(sub)

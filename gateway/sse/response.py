@@ -8,11 +8,12 @@ from typing import Any
 import anyio
 from sse_starlette import EventSourceResponse
 from sse_starlette.event import ServerSentEvent
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway.metrics import Metrics
 from gateway.sse.hub import Hub
-from gateway.sse.subscriber import Subscriber, Write, direct_writer
+from gateway.sse.subscriber import Subscriber
+from gateway.sse.transport import LiveWriter, live_writer
 
 # After the hub drops a subscriber, its generator normally ends the response at once. If it
 # cannot (it is stuck writing to a client that stopped reading), the connection is cut.
@@ -39,18 +40,21 @@ class HubEventSourceResponse(EventSourceResponse):
         self.metrics = metrics
         self.sub = sub
         self.kind = kind
-        self._write: Write | None = None
+        self._writer: LiveWriter | None = None
 
     async def _stream(self, catch_up: AsyncIterator[ServerSentEvent]) -> AsyncIterator[Any]:
         async for message in catch_up:
             yield message
         # Everything yielded so far has been sent: the hub can write after it.
-        assert self._write is not None
-        self.sub.go_live(self._write)
+        assert self._writer is not None
+        writer = self._writer
+        self.sub.go_live(writer.write, chunked=writer.chunked, transport=writer.transport)
         await self.sub.wait_closed()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._write = direct_writer(send)
+        self._writer = live_writer(scope, send, self.raw_headers)
+        self.metrics.sse_live_path.labels(self._writer.path).inc()
+        ending = _closing_before_the_end(self.sub, send)
         gauge = self.metrics.sse_connections.labels(self.kind)
         gauge.inc()
         try:
@@ -62,8 +66,21 @@ class HubEventSourceResponse(EventSourceResponse):
                     group.cancel_scope.cancel()
 
                 group.start_soon(cut_when_dropped)
-                await super().__call__(scope, receive, send)
+                await super().__call__(scope, receive, ending)
                 group.cancel_scope.cancel()
         finally:
             self.hub.unsubscribe(self.sub)
             gauge.dec()
+
+
+def _closing_before_the_end(sub: Subscriber, send: Send) -> Send:
+    """`send`, closing `sub` before the response's last body message goes out: the hub may
+    write into the connection itself (gateway.sse.transport), and nothing of this response
+    may follow its end on a kept-alive connection."""
+
+    async def ending(message: Message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            sub.close()
+        await send(message)
+
+    return ending

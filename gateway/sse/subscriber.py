@@ -7,9 +7,9 @@ A response lives in two phases:
    bounded buffer; one that overflows is dropped.
 2. Live. `go_live()` flushes the buffer and from then on the hub writes each event straight
    into the connection from its own loop: one frame encoded per event, then a synchronous
-   write per client. There is no task switch, queue or generator step per client and event,
-   which is what lets one process deliver an event to 10,000 browsers in about the time the
-   kernel takes to send 10,000 small TCP segments.
+   write per client (`gateway.sse.transport` chooses how). There is no task switch, queue
+   or generator step per client and event, which is what lets one process deliver an event
+   to 10,000 browsers in about the time the kernel takes to send 10,000 small TCP segments.
 
 A live write that would have to wait means the client is not reading and the server's
 write buffer is full. That frame is not sent and the subscriber is dropped: the response
@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sse_starlette.event import ServerSentEvent
 from starlette.types import Send
@@ -33,10 +34,22 @@ from starlette.types import Send
 from schemas.models import Event
 from schemas.stream_id import parse_id
 
+if TYPE_CHECKING:
+    from gateway.sse.lane import Lane
+
 PING_FRAME = b": ping\r\n\r\n"
 
 Write = Callable[[bytes], bool]
 """Write one whole SSE frame now; False when it could not be written without waiting."""
+
+
+def chunk(frame: bytes) -> bytes:
+    """`frame` as one HTTP/1.1 chunk, for a `Write` that takes frames framed (the transport
+    writer of gateway.sse.transport, which bypasses the server's own framing)."""
+    return b"%x\r\n%b\r\n" % (len(frame), frame)
+
+
+CHUNKED_PING_FRAME = chunk(PING_FRAME)
 
 
 def event_message(event: Event, *, with_id: bool = True) -> ServerSentEvent:
@@ -51,17 +64,23 @@ class Outgoing:
     """An event on its way to many subscribers: its id parsed and each frame encoded once,
     whatever the number of clients."""
 
-    __slots__ = ("_frames", "event", "key")
+    __slots__ = ("_frames", "event", "key", "queue", "terminal")
 
     def __init__(self, event: Event) -> None:
         self.event = event
         self.key = parse_id(event.id)
-        self._frames: dict[bool, bytes] = {}
+        self.queue = event.queue
+        self.terminal = event.event.is_terminal
+        # with_id + 2 * chunked -> the frame
+        self._frames: list[bytes | None] = [None, None, None, None]
 
-    def frame(self, with_id: bool) -> bytes:
-        frame = self._frames.get(with_id)
+    def frame(self, with_id: bool, chunked: bool = False) -> bytes:
+        frame = self._frames[with_id + 2 * chunked]
         if frame is None:
-            frame = self._frames[with_id] = event_message(self.event, with_id=with_id).encode()
+            frame = event_message(self.event, with_id=with_id).encode()
+            if chunked:
+                frame = chunk(frame)
+            self._frames[with_id + 2 * chunked] = frame
         return frame
 
 
@@ -70,28 +89,52 @@ class SentIds:
     stream), and the `id:` line the client resumes from must only grow: an event whose id
     is not above the highest sent (another queue's) goes out without one."""
 
-    __slots__ = ("highest", "per_queue")
+    # The hub reads this once per event and client. Most clients follow one queue, whose
+    # mark lives in two slots here; a dict is made only for a second queue, so the common
+    # check touches this one object.
+    __slots__ = ("_others", "_queue", "_seen", "highest")
 
     def __init__(self) -> None:
-        self.per_queue: dict[str, tuple[int, int]] = {}
         self.highest: tuple[int, int] | None = None
+        self._queue: str | None = None
+        self._seen: tuple[int, int] | None = None
+        self._others: dict[str, tuple[int, int]] | None = None
 
     def mark(self, queues: list[str], key: tuple[int, int]) -> None:
         """Everything up to `key` in these queues counts as sent."""
         for queue in queues:
-            self.per_queue[queue] = key
+            self._record(queue, key)
         self.highest = key if self.highest is None else max(self.highest, key)
 
     def admit(self, queue: str, key: tuple[int, int]) -> bool | None:
         """None: already sent, skip it. Else whether to send it with its `id:` line."""
-        seen = self.per_queue.get(queue)
-        if seen is not None and key <= seen:
-            return None
-        self.per_queue[queue] = key
-        if self.highest is None or key > self.highest:
+        if queue == self._queue:
+            seen = self._seen
+            if seen is not None and key <= seen:
+                return None
+            self._seen = key
+        else:
+            seen = self._others.get(queue) if self._others is not None else None
+            if seen is not None and key <= seen:
+                return None
+            self._record(queue, key)
+        highest = self.highest
+        if highest is None or key > highest:
             self.highest = key
             return True
         return False
+
+    @property
+    def covers_one_queue(self) -> bool:
+        return self._others is None
+
+    def _record(self, queue: str, key: tuple[int, int]) -> None:
+        if self._queue is None or queue == self._queue:
+            self._queue, self._seen = queue, key
+        elif self._others is None:
+            self._others = {queue: key}
+        else:
+            self._others[queue] = key
 
 
 def direct_writer(send: Send) -> Write:
@@ -121,18 +164,22 @@ class Subscriber:
 
     __slots__ = (
         "_buffer",
+        "_chunked",
         "_closed_event",
         "_write",
         "closed",
         "dropped",
         "event_types",
+        "filtered",
         "job_id",
         "job_types",
+        "lane",
         "maxsize",
         "queue",
         "queues",
         "sent",
         "tenant",
+        "transport",
     )
 
     def __init__(
@@ -153,9 +200,14 @@ class Subscriber:
         self.queues = queues
         self.job_types = job_types
         self.event_types = event_types
+        self.filtered = queues is not None or job_types is not None or event_types is not None
         self.sent = SentIds()
         self._buffer: deque[Outgoing] = deque()
         self._write: Write | None = None
+        self._chunked = False
+        # On the transport path: the connection, and the hub's lane it is written in, if any.
+        self.transport: asyncio.Transport | None = None
+        self.lane: Lane | None = None
         self._closed_event = asyncio.Event()
         self.closed = False
         self.dropped = False
@@ -175,36 +227,42 @@ class Subscriber:
         """Take `out` without ever blocking; False when this subscriber is now dropped."""
         if self.closed:
             return True
-        if self._write is None:
+        write = self._write
+        if write is None:
             if len(self._buffer) >= self.maxsize:
                 return self._drop()
             self._buffer.append(out)
             return True
-        return self._send(out)
-
-    def go_live(self, write: Write) -> None:
-        """Flush what came in while catching up, then have the hub write through `write`."""
-        self._write = write
-        while self._buffer and not self.closed:
-            self._send(self._buffer.popleft())
-
-    def _send(self, out: Outgoing) -> bool:
-        assert self._write is not None
-        event = out.event
-        with_id = self.sent.admit(event.queue, out.key)
+        # Live: the hub's inner loop, once per event and client, so one call each for the
+        # id check, the frame and the write, and nothing else.
+        with_id = self.sent.admit(out.queue, out.key)
         if with_id is None:
             return True
-        if not self._write(out.frame(with_id)):
+        if not write(out.frame(with_id, self._chunked)):
             return self._drop()
-        if self.job_id is not None and event.event.is_terminal:
+        if out.terminal and self.job_id is not None:
             self.close()  # a job's stream ends after its terminal event
         return True
+
+    def go_live(
+        self, write: Write, *, chunked: bool = False, transport: asyncio.Transport | None = None
+    ) -> None:
+        """Flush what came in while catching up, then have the hub write through `write`
+        (which takes frames framed as HTTP/1.1 chunks when `chunked`). `transport`: the
+        connection `write` writes into, when it is the transport path's (the hub may then
+        write there itself: gateway.sse.lane)."""
+        self._write = write
+        self._chunked = chunked
+        self.transport = transport
+        while self._buffer and not self.closed:
+            self.push(self._buffer.popleft())
 
     def ping(self) -> bool:
         """Write a comment ping; False when this subscriber is now dropped."""
         if self.closed or self._write is None:
             return True
-        return self._write(PING_FRAME) or self._drop()
+        frame = CHUNKED_PING_FRAME if self._chunked else PING_FRAME
+        return self._write(frame) or self._drop()
 
     def _drop(self) -> bool:
         self.dropped = True
@@ -212,6 +270,8 @@ class Subscriber:
         return False
 
     def close(self) -> None:
+        if self.lane is not None:
+            self.lane.leave(self)
         self.closed = True
         self._buffer.clear()
         self._closed_event.set()
