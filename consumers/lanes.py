@@ -19,6 +19,7 @@ from consumers.keeper import JOB_TASK_PREFIX
 from consumers.outcomes import REDIS_RETRY_S, persist
 from consumers.periodic import pause
 from producer import Delivery
+from producer.producer import Early
 from schemas import tracing
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ class Lanes:
         self.queue_empty.set()
         self.batches_in_flight = 0  # fetches between their read and their jobs' tasks
         self.work_changed = asyncio.Event()  # a job task ended or a batch was spawned
+        self.waiting_to_start: set[asyncio.Task[None]] = set()  # see `start_later`
 
     @property
     def free(self) -> int:
@@ -130,16 +132,28 @@ class Lanes:
                     await pause(self.stopping, PAUSE_POLL_S)
                     continue
                 entries = await self.fetch(free)
+                early: list[Early] = []
                 started = await self.producer.start(
-                    self.queue, entries, self.consumer, traced=tracing.active()
+                    self.queue,
+                    entries,
+                    self.consumer,
+                    traced=tracing.active(),
+                    gates=self.worker.gates,
+                    early=early,
                 )
                 for delivery in started:
                     self.spawn(delivery)
-                if entries:
-                    self.queue_empty.clear()
-                    self.wake()
-                elif self.worker.burst and await self.drained():
+                self.start_later(early)
+                if len(started) < len(entries):  # some skipped: perhaps held at a gate
+                    self.worker.delayed_changed.set()
+                if not entries and self.worker.burst and await self.drained():
                     break
+                # Work came, or the read timed out: the lanes take once either way. Jobs in
+                # the ordered backlog (see `route` in producer/scripts) are found by a take;
+                # the stream only has an entry to wake a consumer when the first arrives,
+                # which a consumer may have read before it paused, or died with.
+                self.queue_empty.clear()
+                self.wake()
             except RedisError as exc:
                 await self.redis_unavailable(exc)
             finally:
@@ -170,6 +184,7 @@ class Lanes:
                     count,
                     outcomes,
                     traced=tracing.active(),
+                    gates=self.worker.gates,
                 )
                 taken = await persist(take, self.settings.visibility_timeout_s)
             except RedisError as exc:
@@ -182,6 +197,9 @@ class Lanes:
                 self.work_changed.set()
             for delivery in taken.deliveries:
                 self.spawn(delivery, lane)
+            self.start_later(taken.early)
+            if taken.held:  # promote (which lets held jobs go) learns the gate's time
+                self.worker.delayed_changed.set()
             if taken.exhausted:
                 self.queue_empty.set()
             self._written(finished, taken.written)
@@ -208,6 +226,41 @@ class Lanes:
             running.lane.release(running)
 
         task.add_done_callback(forget)
+
+    def start_later(self, early: list[Early]) -> None:
+        """Start the jobs a rate gate let go just before their turn once it comes (their
+        entries are this consumer's meanwhile: if it dies, the reclaim queues them again)."""
+        for job in early:
+            self.batches_in_flight += 1
+            task = asyncio.create_task(self._start_after(job))
+            self.waiting_to_start.add(task)
+            task.add_done_callback(self.waiting_to_start.discard)
+
+    async def _start_after(self, job: Early) -> None:
+        try:
+            # A ms short: the trip to Redis takes about that. Arriving before the turn, the
+            # job is let go early again, for what is left (at 20/s: 52 ms between starts at
+            # the median without this, 51 with it).
+            await asyncio.sleep(max(0, job.wait_ms - 1) / 1000)
+            early: list[Early] = []
+            started = await self.producer.start(
+                self.queue,
+                [(job.entry_id, job.job_id)],
+                self.consumer,
+                traced=tracing.active(),
+                gates=self.worker.gates,
+                early=early,
+            )
+            for delivery in started:
+                self.spawn(delivery)
+            self.start_later(early)  # its turn was taken meanwhile: wait again
+            if not started:
+                self.worker.delayed_changed.set()
+        except RedisError as exc:  # its entry stays pending: the reclaim queues it again
+            logger.warning("could not start job %s (%s)", job.job_id, describe(exc))
+        finally:
+            self.batches_in_flight -= 1
+            self.work_changed.set()
 
     async def close(self) -> None:
         """The lanes write what finished, then end (they see `stopping`)."""

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.errors import PydanticUndefinedAnnotation
 
 from schemas.errors import InvalidPayload
+from schemas.gates import Gate
 from schemas.settings import Settings
 
 
@@ -168,6 +169,7 @@ class Handler(Function):
     (its `func()` returns a `Function` unchanged)."""
 
     payload: Payload = dataclasses.field(kw_only=True)
+    gate: Gate | None = dataclasses.field(default=None, kw_only=True)  # see schemas/gates.py
 
 
 def declare(
@@ -177,14 +179,28 @@ def declare(
     timeout: float | None = None,
     max_tries: int | None = None,
     payload: type[BaseModel] | None = None,
+    rate_limit: str | None = None,
+    rate_key: str | None = None,
+    max_running: int | None = None,
+    concurrency_key: str | None = None,
 ) -> Handler:
     """A handler as the worker runs it: arq's `func()` for an `async def` (or an arq
     `Function`, or an import path), and the same declaration for a plain `def`, which arq's
     `func()` refuses and Conveyor runs in a thread; with its payload derived, or `payload`
-    as its model. `functions` may list either as it is."""
+    as its model. `functions` may list either as it is.
+
+    Flow control (schemas/gates.py), shared by every worker of the queue: `rate_limit`
+    ("120/m": per `s`, `m` or `h`) and `max_running`, each for the whole type or per
+    `rate_key` / `concurrency_key` ("tenant" or "payload.<field>")."""
+    gate = Gate.declare(
+        rate_limit=rate_limit,
+        rate_key=rate_key,
+        max_running=max_running,
+        concurrency_key=concurrency_key,
+    )
     if isinstance(handler, str):
         handler = import_string(handler)
-    if isinstance(handler, Handler) and payload is None:
+    if isinstance(handler, Handler) and payload is None and gate is None:
         return handler
     if isinstance(handler, Function) or inspect.iscoroutinefunction(handler):
         declared = func(handler, name=name, timeout=timeout, max_tries=max_tries)
@@ -194,7 +210,11 @@ def declare(
         raise TypeError(f"{handler!r} is not a handler")
     arq_fields = {f.name: getattr(declared, f.name) for f in dataclasses.fields(Function)}
     coroutine: Callable[..., Any] = declared.coroutine
-    return Handler(**arq_fields, payload=derive(coroutine, payload))
+    if isinstance(handler, Handler):  # declared again: what it left out stays as it was
+        gate = gate or handler.gate
+        if payload is None:
+            return Handler(**arq_fields, payload=handler.payload, gate=gate)
+    return Handler(**arq_fields, payload=derive(coroutine, payload), gate=gate)
 
 
 def functions(settings: Settings, handlers: str | None = None) -> dict[str, Handler]:

@@ -91,6 +91,7 @@ from consumers.upkeep import HEARTBEAT_S, Upkeep
 from producer import Producer
 from producer.checks import note_stream_node_size, warn_if_evicting
 from producer.connection import redis_from_url
+from schemas.gates import gates_argument
 from schemas.settings import Settings
 from schemas.stream_id import entry_time_s
 
@@ -169,12 +170,17 @@ class ConveyorWorker(Worker):
             **hooks,
         )
         self.handles_signals = handle_signals  # arq's own copy is private; `close` reads this
+        # The gated types' rate limits and caps, as the start scripts take them (schemas/gates)
+        self.gates = gates_argument(
+            {name: getattr(f, "gate", None) for name, f in self.functions.items()}
+        )
         self.jobs_cancelled = 0
         self.reclaimed = 0
         self.dead_lettered = 0
         self.running: dict[str, Running] = {}  # by job id, until its outcome is written
         self.stopping = asyncio.Event()  # set as `main` ends: the lanes and the loops beside end
-        self.delayed_changed = asyncio.Event()  # a retry was scheduled here: promote sooner
+        # A retry was scheduled here, or a job held at a rate gate: promote sooner
+        self.delayed_changed = asyncio.Event()
         outcomes = Outcomes(self)
         self.runner = Runner(self, outcomes)
         self.lanes = Lanes(self, self.runner, outcomes)

@@ -12,7 +12,7 @@ import json
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
@@ -32,6 +32,7 @@ from schemas.keys import (
     limit_key,
 )
 from schemas.models import Artifact, SubmitRequest
+from schemas.priority import DEFAULT_PRIORITY
 from schemas.rates import Rate
 from schemas.schedules import Schedule, schedule_key
 from schemas.settings import Settings
@@ -119,12 +120,26 @@ class LeaseState:
 
 
 @dataclass(frozen=True, slots=True)
+class Early:
+    """A job a rate gate let go a few ms before its turn: its consumer starts it again
+    (`Producer.start`, the same entry) after `wait_ms`."""
+
+    entry_id: str
+    job_id: str
+    wait_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Taken:
     """What one `take` round trip did."""
 
     written: list[bool]  # per finished job: recorded (False: fenced out, nothing written)
     deliveries: list[Delivery]  # jobs to run now
     exhausted: bool  # fewer new entries than asked for: the queue looked empty
+    held: int = 0  # jobs held at a gate (schemas/gates.py): one is let go when it opens
+    # (entry id, job id, ms to wait) of jobs let go by a rate gate just before their turn:
+    # their entries stay this consumer's, to `start` again once the wait is over
+    early: list[Early] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,9 +276,12 @@ class Producer(Reads):
             k.job_prefix,
             "1" if idempotency_key else "0",
         ]
+        prioritised = request.priority != DEFAULT_PRIORITY
         if not (parent or children or request.callback_url or request.cache_ttl_s or count):
-            if trace:  # and one with a trace context, this one more
+            if trace or prioritised:  # and one with a trace context or a priority, these
                 args.append(trace)
+                if prioritised:
+                    args.append(request.priority)
             return keys, args  # a plain job: no more to parse and copy into the AOF
         keys += (
             k.job_children(job_id),
@@ -281,6 +299,7 @@ class Producer(Reads):
             request.cache_ttl_s or "",
             "1" if count else "0",
             trace,
+            request.priority,
         )
         for child in children:
             args += (child.job_id, child.queue)
@@ -352,10 +371,14 @@ class Producer(Reads):
         consumer: str,
         *,
         traced: bool = False,
+        gates: str = "",
+        early: list[Early] | None = None,
     ) -> list[Delivery]:
         """Start the jobs of freshly read entries `(entry_id, job_id)`, in one round trip.
-        Entries whose job ended or moved on are acknowledged and left out. `traced`: each
-        delivery carries its job's trace context (a consumer that makes spans asks)."""
+        Entries whose job ended or moved on are acknowledged and left out, as are jobs held
+        at one of the consumer's `gates` (schemas.gates.gates_argument). `traced`: each
+        delivery carries its job's trace context (a consumer that makes spans asks). Jobs
+        a rate gate let go just before their turn are added to `early`, when given."""
         if not entries:
             return []
         k = self.keys(queue)
@@ -366,9 +389,15 @@ class Producer(Reads):
                 keys += (k.job(job_id), k.job_events(job_id))
             flag = "1" if traced else ""
             calls.append(
-                (keys, [*self.config, consumer, flag, *(entry_id for entry_id, _ in chunk)])
+                (keys, [*self.config, consumer, flag, gates, *(entry for entry, _ in chunk)])
             )
         results = await self._run_batches("start", calls)
+        if early is not None:
+            early += (
+                Early(entry_id, job_id, int(result[2]))
+                for (entry_id, job_id), result in zip(entries, results, strict=True)
+                if result[0] == "skipped" and result[1] == "early"
+            )
         return [
             self._delivery(queue, job_id, entry_id, result[1:])
             for (entry_id, job_id), result in zip(entries, results, strict=True)
@@ -510,15 +539,16 @@ class Producer(Reads):
         finished: Sequence[tuple[Delivery, Any, Sequence[Artifact]]] = (),
         *,
         traced: bool = False,
+        gates: str = "",
     ) -> Taken:
         """A busy consumer's round trip: record the jobs of `queue` it `finished` (as
         `succeed_many`), then read and start up to `count` new ones (the `take` script;
-        `traced` as for `start`).
+        `traced` and `gates` as for `start`).
         """
         k = self.keys(queue)
         calls = [("succeed", keys, args) for keys, args in self._succeed_calls(queue, finished)]
         if count > 0:
-            args = [*self.config, consumer, count, k.job_prefix, "1" if traced else ""]
+            args = [*self.config, consumer, count, k.job_prefix, "1" if traced else "", gates]
             calls.append(("take", [k.jobs, k.events, k.paused], args))
         replies = await self.scripts.run_many(calls) if calls else []
         written = [bool(w) for reply in replies[: len(calls) - (count > 0)] for w in reply]
@@ -526,7 +556,13 @@ class Producer(Reads):
         deliveries = [
             self._delivery(queue, row[1], row[0], row[3:]) for row in taken if row[2] == "started"
         ]
-        return Taken(written, deliveries, exhausted=count > 0 and len(taken) < count)
+        # 'moving': it moved part of the stream into the ordered backlog, and took none yet.
+        moving = len(taken) == 1 and taken[0][2] == "moving"
+        exhausted = count > 0 and len(taken) < count and not moving
+        skipped = [row for row in taken if row[2] == "skipped"]
+        held = sum(1 for row in skipped if row[3] == "held")
+        early = [Early(row[0], row[1], int(row[4])) for row in skipped if row[3] == "early"]
+        return Taken(written, deliveries, exhausted=exhausted, held=held, early=early)
 
     async def fail(
         self,
@@ -592,10 +628,13 @@ class Producer(Reads):
         return {job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag == "1"}
 
     async def promote(self, queue: str, limit: int = 1000) -> tuple[int, int | None]:
-        """Move due delayed jobs to the stream. Returns (moved, next due time in ms or None)."""
+        """Move due delayed jobs to where queued jobs wait, and let rate gates' next held jobs
+        go. Returns (moved, the next due time in ms or None)."""
         k = self.keys(queue)
         moved, next_due = await self.scripts.run(
-            "promote", keys=[k.delayed, k.jobs, k.events], args=[*self.config, limit, k.job_prefix]
+            "promote",
+            keys=[k.delayed, k.jobs, k.events, k.gates],
+            args=[*self.config, limit, k.job_prefix],
         )
         return int(moved), (None if int(next_due) < 0 else int(next_due))
 

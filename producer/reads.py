@@ -323,7 +323,9 @@ class Reads:
         reply = await self.redis.xreadgroup(
             CONSUMER_GROUP, consumer, {self.keys(queue).jobs: ">"}, count=count, block=block_ms
         )
-        return [(entry, fields["job_id"]) for _, rows in reply or () for entry, fields in rows]
+        return [
+            (entry, fields.get("job_id", "")) for _, rows in reply or () for entry, fields in rows
+        ]
 
     async def dead_letters(
         self, queue: str, consumer: str, count: int, block_ms: int, reclaim_idle_ms: int
@@ -497,14 +499,17 @@ class Reads:
         )
 
     async def drained(self, queue: str) -> bool:
-        """Nothing in the jobs stream (undelivered or pending anywhere), nothing delayed, no
-        parent waiting for its children, no flow task left to carry out."""
+        """Nothing in the jobs stream (undelivered or pending anywhere) or the ordered backlog,
+        nothing delayed or held at a rate gate, no parent waiting for its children, no flow
+        task left to carry out."""
         k = self.keys(queue)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xlen(k.jobs)
             pipe.zcard(k.delayed)
             pipe.zcard(k.waiting)
             pipe.xlen(k.flow)
+            pipe.zcard(k.backlog)
+            pipe.zcard(k.gates)
             counts = await pipe.execute()
         return not any(map(int, counts))
 

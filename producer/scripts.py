@@ -24,18 +24,25 @@ from redis.exceptions import NoScriptError
 
 from schemas.events import EventType, StepState
 from schemas.keys import (
+    BACKLOG_SUFFIX,
     CALLBACKS_SUFFIX,
     CONSUMER_GROUP,
+    FAIR_SUFFIX,
     FINISHED_SUFFIX,
     FLOW_GROUP,
     FLOW_SUFFIX,
+    GATE_SUFFIX,
+    GATES_SUFFIX,
     JOB_CHILDREN_SUFFIX,
     JOB_EVENTS_SUFFIX,
     JOB_STEPS_SUFFIX,
+    LEAD_SUFFIX,
+    ORDERED_LEAD,
     PAUSED_SUFFIX,
     TASK_CANCEL_CHILDREN,
     TASK_CHILD_ENDED,
 )
+from schemas.priority import DEFAULT_PRIORITY
 from schemas.status import TERMINAL, TRANSITIONS, JobStatus
 
 SCRIPT_DIR = Path(__file__).parent / "scripts"
@@ -74,6 +81,13 @@ def lua_constants() -> str:
         f"local CALLBACKS_SUFFIX = '{CALLBACKS_SUFFIX}'\n"
         f"local PAUSED_SUFFIX = '{PAUSED_SUFFIX}'\n"
         f"local FINISHED_SUFFIX = '{FINISHED_SUFFIX}'\n"
+        f"local BACKLOG_SUFFIX = '{BACKLOG_SUFFIX}'\n"
+        f"local LEAD_SUFFIX = '{LEAD_SUFFIX}'\n"
+        f"local FAIR_SUFFIX = '{FAIR_SUFFIX}'\n"
+        f"local GATE_SUFFIX = '{GATE_SUFFIX}'\n"
+        f"local GATES_SUFFIX = '{GATES_SUFFIX}'\n"
+        f"local ORDERED_LEAD = '{ORDERED_LEAD}'\n"
+        f"local DEFAULT_PRIORITY = {DEFAULT_PRIORITY}\n"
         f"local TASK_CHILD_ENDED = '{TASK_CHILD_ENDED}'\n"
         f"local TASK_CANCEL_CHILDREN = '{TASK_CANCEL_CHILDREN}'\n"
         + "".join(f"local {name} = '{value}'\n" for name, value in names)

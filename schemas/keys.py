@@ -21,6 +21,16 @@ CALLBACKS_SUFFIX = ":callbacks"  # a queue's callbacks to deliver (stream): its 
 CALLBACKS_GROUP = "callbacks"
 PAUSED_SUFFIX = ":paused"  # the queue's pause flag: its base and this
 FINISHED_SUFFIX = ":finished:"  # a minute's count of ended jobs: its base, this, the minute
+# Flow control (consumers/gates.py has the why): the queue's ordered backlog (zset), who the
+# jobs stream's backlog belongs to (string), the backlog's fair clock (hash), a gate's keys
+# (its base, this, `rate:` or `run:`, type, key) and the rate gates' release times (zset).
+BACKLOG_SUFFIX = ":backlog"
+LEAD_SUFFIX = ":lead"
+FAIR_SUFFIX = ":fair"
+GATE_SUFFIX = ":gate:"
+GATES_SUFFIX = ":gates"
+# `lead` while the backlog is in use: no tenant is spelled so (TENANT_NAME).
+ORDERED_LEAD = "*"
 # The group in which workers carry out a queue's flow tasks, and the tasks' names.
 FLOW_GROUP = "flow"
 TASK_CHILD_ENDED = "child_ended"
@@ -118,6 +128,35 @@ class QueueKeys:
     def paused(self) -> str:
         """String: present while the queue is paused (it accepts submits, starts nothing)."""
         return f"{self.base}{PAUSED_SUFFIX}"
+
+    @property
+    def backlog(self) -> str:
+        """Sorted set: queued job ids waiting in priority and fair order, while the queue has
+        jobs of several priorities or tenants queued (else they wait in the jobs stream)."""
+        return f"{self.base}{BACKLOG_SUFFIX}"
+
+    @property
+    def lead(self) -> str:
+        """String: the tenant whose jobs the jobs stream's backlog holds, or `*` while the
+        ordered backlog is in use; absent while nothing waits."""
+        return f"{self.base}{LEAD_SUFFIX}"
+
+    @property
+    def fair(self) -> str:
+        """Hash: tenant -> the virtual time of its last job in the backlog; `*` -> the
+        virtual time of the last job taken from it (the fair clock)."""
+        return f"{self.base}{FAIR_SUFFIX}"
+
+    def gate(self, kind: str, job_type: str, key: str = "") -> str:
+        """A flow-control gate of a job type (and key): `rate` (hash: `tat` the next free
+        start in ms, `interval` in ms) or `run` (set: the ids of its jobs running). Its
+        held jobs wait in the list at this and `:held`."""
+        return f"{self.base}{GATE_SUFFIX}{kind}:{job_type}:{key}"
+
+    @property
+    def gates(self) -> str:
+        """Sorted set: rate gates with held jobs, scored by when the next may go (ms)."""
+        return f"{self.base}{GATES_SUFFIX}"
 
     def finished(self, minute: int) -> str:
         """Hash, expiring after two hours: jobs that ended in that minute (ms // 60,000) by

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.events import EventType, StepState
+from schemas.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from schemas.status import JobStatus
 from schemas.strict_json import MAX_JSON_DEPTH, check_json
 
@@ -38,6 +39,13 @@ class SubmitRequest(BaseModel):
     delay_s: float = Field(default=0, ge=0, le=365 * 24 * 3600)
     max_attempts: int | None = Field(default=None, ge=1, le=100)
     timeout_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+    priority: int = Field(
+        default=DEFAULT_PRIORITY,
+        ge=MIN_PRIORITY,
+        le=MAX_PRIORITY,
+        description="0-9, higher first: within a queue no job starts while one of a higher "
+        "priority waits; within a level, first in first out, tenants taking turns",
+    )
     children: list[SubmitRequest] = Field(
         default_factory=list,
         max_length=MAX_CHILDREN,
@@ -182,6 +190,7 @@ class Job(BaseModel):
     progress: float = 0
     message: str | None = None
     attempt: int = 0
+    priority: int = DEFAULT_PRIORITY
     max_attempts: int | None = None  # None: the handler's declared max_tries, else the default
     timeout_s: float | None = None  # None: the handler's declared timeout, else the default
     owner: str | None = None
@@ -228,6 +237,8 @@ class Job(BaseModel):
             progress=float(fields.get("progress") or 0),
             message=fields.get("message"),
             attempt=int(fields.get("attempt") or 0),
+            # Stored only when not the default: a plain job's hash stays as small as before.
+            priority=int(fields.get("priority") or DEFAULT_PRIORITY),
             max_attempts=int(fields["max_attempts"]) if fields.get("max_attempts") else None,
             timeout_s=float(fields["timeout_s"]) if fields.get("timeout_s") else None,
             owner=fields.get("owner"),

@@ -294,6 +294,11 @@ def mixed_def(ctx: Any, path: str) -> str:
     return "def"
 
 
+async def occupy(ctx: JobContext, seconds: float = 0.0, **_: Any) -> None:
+    """Holds its slot for `seconds`; any other payload fields are for gates' keys."""
+    await asyncio.sleep(seconds)
+
+
 class WorkerSettings:
     functions: ClassVar[list[Any]] = [
         func(noop, name="noop"),  # type: ignore[arg-type]
@@ -327,4 +332,11 @@ class WorkerSettings:
         func(area, name="area"),  # type: ignore[arg-type]
         declare(noop, name="noop_area", payload=Area),  # fields as keyword arguments
         func(add, name="add", max_tries=2),  # type: ignore[arg-type]
+        # Flow control (schemas/gates.py), shared by every worker of the queue
+        declare(noop, name="rated", rate_limit="20/s"),
+        declare(noop, name="rated_per_tenant", rate_limit="20/s", rate_key="tenant"),
+        declare(occupy, name="capped", max_running=2, concurrency_key="tenant"),
+        declare(
+            occupy, name="capped_per_account", max_running=1, concurrency_key="payload.account"
+        ),
     ]

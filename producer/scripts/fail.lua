@@ -24,6 +24,7 @@ if retry then
     'updated_at', tostring(now))
   redis.call('ZADD', KEYS[5], due, redis.call('HGET', KEYS[3], 'id'))
   end_delivery(KEYS[1], ARGV[5])
+  free_slot(KEYS[3], redis.call('HGET', KEYS[3], 'slot'))  -- it runs nowhere while it waits
   emit(KEYS[2], KEYS[3], KEYS[4], JOB_RETRYING,
     {error = ARGV[7], due_at = due, delay_ms = tonumber(ARGV[9]), attempts_used = used})
   return {'retrying', due}

@@ -1,9 +1,10 @@
--- promote: move due jobs from the delayed set to the jobs stream. ZREM decides who moves an
--- id, inside one script, so many workers promoting at once never enqueue a job twice.
+-- promote: move due jobs from the delayed set to where queued jobs wait (`enqueue`), and let
+-- go the next job held at each rate gate whose next start is free. ZREM (LPOP) decides who
+-- moves an id, inside one script, so many workers promoting at once never enqueue a job twice.
 -- Job keys are built from ARGV[6]; they share the queue's hash tag, so the same slot.
--- KEYS[1] delayed zset  KEYS[2] jobs stream  KEYS[3] events stream
+-- KEYS[1] delayed zset  KEYS[2] jobs stream  KEYS[3] events stream  KEYS[4] rate gates zset
 -- ARGV[5] max ids to move  ARGV[6] job key prefix
--- Returns {moved, next_due_ms or -1}.
+-- Returns {moved, next_due_ms or -1}: the next delayed job's or gate's time.
 --@include common
 
 local now = now_ms()
@@ -21,6 +22,24 @@ for _, job_id in ipairs(ids) do
     moved = moved + 1
   end
 end
-local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if #nxt == 0 then return {moved, -1} end
-return {moved, tonumber(nxt[2])}
+-- A rate gate lets one held job go per interval, in the order they were held, a little
+-- before its turn (see `early_ms`): a thousand jobs waiting for one limit do not all wake to
+-- find it spent.
+local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
+for _, held_key in ipairs(due) do
+  if release_held(held_key, KEYS[2], ARGV[6]) and redis.call('LLEN', held_key) > 0 then
+    -- Until the one let go starts and says when the next is due (`pass_gates`).
+    local gate = string.sub(held_key, 1, -6)  -- less ':held'
+    local interval = tonumber(redis.call('HGET', gate, 'interval')) or 1000
+    redis.call('ZADD', KEYS[4], string.format('%d', now + interval), held_key)
+  else
+    redis.call('ZREM', KEYS[4], held_key)
+  end
+end
+local nxt = math.huge
+for _, key in ipairs({KEYS[1], KEYS[4]}) do
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if #first > 0 then nxt = math.min(nxt, tonumber(first[2])) end
+end
+if nxt == math.huge then return {moved, -1} end
+return {moved, nxt}

@@ -28,6 +28,16 @@ if not status or j[2] ~= entry_id or TERMINAL[status] then
   return {'skipped', status or 'missing'}
 end
 
+if status == QUEUED and (redis.call('HGET', KEYS[3], 'released') or '') ~= '' then
+  -- A rate gate let it go early, and its consumer died while it waited for its turn: it
+  -- waits again as a queued job does, and meets its gate again. (Any other entry read but
+  -- never started is started here, as below: one that kills each consumer that reads it
+  -- must come to count as poison.)
+  end_delivery(KEYS[1], entry_id)
+  enqueue(KEYS[1], KEYS[3], redis.call('HGET', KEYS[3], 'id'), j[3],
+    redis.call('HGET', KEYS[3], 'attempt'))
+  return {'skipped', 'requeued'}
+end
 local pending = redis.call('XPENDING', KEYS[1], GROUP, entry_id, entry_id, 1)
 local deliveries = tonumber(pending[1][4])
 if deliveries > tonumber(ARGV[8]) then

@@ -2,11 +2,14 @@
 -- each one's job, as `start_job` says. Takes a batch of entries, so a consumer's fetch costs
 -- one script call rather than one per job; each job's change is whole and checked on its own,
 -- as if it had its own call. A queue paused while the consumer was blocked starts none: each
--- queued job goes back to the stream under a new entry, for whoever runs it after the pause.
+-- queued job goes back to wait under a new entry (`enqueue`), for whoever runs it after the
+-- pause. Nor does a queue whose jobs now wait in the ordered backlog: each read job moves
+-- there, for the consumer's next take.
 -- KEYS[1] jobs stream  KEYS[2] events stream
 -- KEYS[1+2i] job hash  KEYS[2+2i] job events stream, for the i-th entry (i = 1..n)
 -- ARGV[5] consumer name  ARGV[6] '1' to return each job's trace context too ('' not)
--- ARGV[6+i] the i-th entry id
+-- ARGV[7] the consumer's gated job types, JSON (see `start_job`), '' for none
+-- ARGV[7+i] the i-th entry id
 -- Returns, per entry in order, {'started', attempt, type, payload, timeout_s, children[,
 -- trace]} or {'skipped', reason}.
 --@include common
@@ -15,17 +18,31 @@
 local now = tostring(now_ms())
 local results = {}
 local traced = ARGV[6] == '1'
-local paused = #ARGV > 6 and redis.call('EXISTS', queue_key(KEYS[3], PAUSED_SUFFIX)) == 1
-for i = 1, #ARGV - 6 do
-  local job_key, entry_id = KEYS[1 + 2 * i], ARGV[6 + i]
+local gates = ARGV[7] ~= '' and cjson.decode(ARGV[7]) or nil
+local paused = #ARGV > 7 and redis.call('EXISTS', queue_key(KEYS[3], PAUSED_SUFFIX)) == 1
+local base = #ARGV > 7 and queue_key(KEYS[3], '')
+local ordered = base and redis.call('GET', base .. LEAD_SUFFIX) == ORDERED_LEAD
+for i = 1, #ARGV - 7 do
+  local job_key, entry_id = KEYS[1 + 2 * i], ARGV[7 + i]
   if paused then
     local j = redis.call('HMGET', job_key, 'status', 'entry_id', 'id', 'type', 'attempt')
     end_delivery(KEYS[1], entry_id)
     if j[1] == QUEUED and j[2] == entry_id then enqueue(KEYS[1], job_key, j[3], j[4], j[5]) end
     results[i] = {'skipped', 'paused'}
+  elseif ordered then
+    -- The queue turned to its ordered backlog (see `route`) while this entry waited in the
+    -- stream: it goes there too, and the consumer takes in order (a job of a higher
+    -- priority, or another tenant's turn, may come first).
+    local j = redis.call('HMGET', job_key, 'status', 'entry_id', 'id', 'tenant', 'priority')
+    end_delivery(KEYS[1], entry_id)
+    if j[1] == QUEUED and j[2] == entry_id then
+      redis.call('HSET', job_key, 'entry_id', '')
+      backlog_add(base, KEYS[1], j[3], j[4] or '', tonumber(j[5]) or DEFAULT_PRIORITY, false)
+    end
+    results[i] = {'skipped', 'ordered'}
   else
     results[i] = start_job(KEYS[1], KEYS[2], job_key, KEYS[2 + 2 * i], entry_id, ARGV[5], now,
-      traced)
+      traced, gates)
   end
 end
 return results

@@ -12,14 +12,16 @@
 -- ARGV[5] job_id  ARGV[6] queue  ARGV[7] type  ARGV[8] tenant  ARGV[9] payload JSON
 -- ARGV[10] max_attempts  ARGV[11] timeout_s  ARGV[12] delay_ms  ARGV[13] job key prefix
 -- ARGV[14] '1' if an Idempotency-Key was given
--- then, for a plain job with a trace context: ARGV[15] the context (see ARGV[23]); or
+-- then, for a plain job with a trace context or a priority: ARGV[15] the context (see
+-- ARGV[23]) and ARGV[16] the priority (see ARGV[24]), each only when given; or
 -- ARGV[15] parent id ('' for none)  ARGV[16] parent queue  ARGV[17] on_child_failure
 -- ARGV[18] when to check first that its children exist (ms)
 -- ARGV[19] callback URL ('' for none)  ARGV[20] '1' to look in the cache first
 -- ARGV[21] cache TTL in s, for its entry once the job succeeds
 -- ARGV[22] '1' to count the job among its tenant's unfinished ones until it ends
 -- ARGV[23] the submit's trace context, `traceparent[ tracestate]` ('' for none)
--- ARGV[24..] its children, as pairs: child id, child queue
+-- ARGV[24] its priority, 0-9 (DEFAULT_PRIORITY when not given)
+-- ARGV[25..] its children, as pairs: child id, child queue
 -- Returns {1, job_id} when created, {0, existing_job_id} for a repeated Idempotency-Key,
 -- {2, cached_job_id} when the cache names a job that succeeded (nothing created), {-1, ''}
 -- when the key names another tenant's job (nothing written).
@@ -29,13 +31,15 @@ local job_id, queue, job_type, tenant = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local delay_ms = tonumber(ARGV[12])
 local parent_id, parent_queue, policy, check_at, callback, cached, cache_ttl, count =
   '', '', '', '', '', '0', '', '0'
-local children, trace = 0, ''
+local children, trace, priority = 0, '', DEFAULT_PRIORITY
 if #KEYS > 7 then
   parent_id, parent_queue, policy, check_at = ARGV[15], ARGV[16], ARGV[17], ARGV[18]
   callback, cached, cache_ttl, count, trace = ARGV[19], ARGV[20], ARGV[21], ARGV[22], ARGV[23]
-  children = (#ARGV - 23) / 2
+  priority = tonumber(ARGV[24])
+  children = (#ARGV - 24) / 2
 elseif #ARGV > 14 then
   trace = ARGV[15]
+  priority = tonumber(ARGV[16]) or DEFAULT_PRIORITY
 end
 
 if ARGV[14] == '1' then
@@ -71,7 +75,7 @@ local status, event, data, wait_field, wait_value = QUEUED, JOB_QUEUED, '{}', 'e
 if children > 0 then
   status, event, data = WAITING, JOB_WAITING, '{"children":' .. children .. '}'
   wait_field, wait_value = 'children', tostring(children)
-  for i = 24, #ARGV, 2 do
+  for i = 25, #ARGV, 2 do
     redis.call('HSET', KEYS[8], ARGV[i], cjson.encode({queue = ARGV[i + 1], status = 'pending'}))
   end
   redis.call('ZADD', KEYS[9], check_at, job_id)
@@ -81,7 +85,7 @@ elseif delay_ms > 0 then
   wait_field, wait_value = 'due_at', due
   redis.call('ZADD', KEYS[5], due, job_id)
 else
-  wait_value = add_entry(KEYS[1], job_id, job_type, 0)
+  wait_value = route(KEYS[1], KEYS[3], job_id, job_type, 0, tenant, priority)
 end
 local id = append_event(KEYS[2], KEYS[4], event, data,
   {job_id, queue, job_type, tenant, status, '0'}, ts)
@@ -98,6 +102,7 @@ if parent_id ~= '' then
   redis.call('HSET', KEYS[3], 'parent_id', parent_id, 'parent_queue', parent_queue)
 end
 if callback ~= '' then redis.call('HSET', KEYS[3], 'callback_url', callback) end
+if priority ~= DEFAULT_PRIORITY then redis.call('HSET', KEYS[3], 'priority', priority) end
 -- Written only when given, like the callback: an untraced job costs no more than before.
 if trace ~= '' then redis.call('HSET', KEYS[3], 'trace', trace) end
 if cached == '1' then redis.call('HSET', KEYS[3], 'cache_key', KEYS[10], 'cache_ttl', cache_ttl) end

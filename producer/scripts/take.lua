@@ -4,41 +4,110 @@
 -- with the writes of the jobs it just finished, so Redis has the next batch's work while the
 -- consumer runs the last one's handlers. A script cannot block: an idle consumer blocks on
 -- XREADGROUP itself, then calls `start`.
+-- While the queue waits in its ordered backlog (see `route`), the jobs come from there: in
+-- priority and fair order, each given its entry here and read at once, so that the entry
+-- never waits in the stream behind others.
 -- Job keys are built from ARGV[7]; they share the queue's hash tag, so the slot.
 -- A paused queue gives nothing (its consumer then waits for the pause to end).
 -- KEYS[1] jobs stream  KEYS[2] events stream  KEYS[3] the queue's pause flag
 -- ARGV[5] consumer name  ARGV[6] count  ARGV[7] job key prefix
 -- ARGV[8] '1' to return each job's trace context too ('' not)
+-- ARGV[9] the consumer's gated job types, JSON (see `start_job`), '' for none
 -- Returns, per entry read, {entry id, job id, 'started', attempt, type, payload, timeout_s,
 -- children[, trace]}
--- or {entry id, job id, 'skipped', reason}.
+-- or {entry id, job id, 'skipped', reason}; or {{'', '', 'moving'}} when it moved part of
+-- the stream's backlog into the ordered one and took nothing yet (the consumer asks again).
 --@include common
 --@include start_job
 
-local consumer, prefix = ARGV[5], ARGV[7]
+-- Entries the stream may hand the backlog in one call: moving 1,000 took Redis about 10 ms,
+-- long enough to hold every other client up for; a deeper stream takes several calls.
+local MOVE_AT_ONCE = 1000
+
+local consumer, prefix, count = ARGV[5], ARGV[7], tonumber(ARGV[6])
 if redis.call('EXISTS', KEYS[3]) == 1 then return {} end
-local reply = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', ARGV[6],
-  'STREAMS', KEYS[1], '>')
-local results = {}
-if not reply then return results end
+local base = string.match(prefix, '^(.*):job:$')  -- the queue's `conveyor:{q}`
+local lead_key = base .. LEAD_SUFFIX
+local lead = redis.call('GET', lead_key)
 local now = tostring(now_ms())
 local traced = ARGV[8] == '1'
-for i, entry in ipairs(reply[1][2]) do
-  local entry_id, fields, job_id = entry[1], entry[2], nil
-  for f = 1, #fields, 2 do
-    if fields[f] == 'job_id' then job_id = fields[f + 1] end
-  end
-  local result
-  if job_id then
-    local job_key = prefix .. job_id
-    result = start_job(KEYS[1], KEYS[2], job_key, job_key .. JOB_EVENTS_SUFFIX, entry_id, consumer,
-      now, traced)
-  else  -- not an entry a script of ours wrote: nothing to run
-    end_delivery(KEYS[1], entry_id)
-    job_id, result = '', {'skipped', 'missing'}
-  end
-  table.insert(result, 1, job_id)
-  table.insert(result, 1, entry_id)
-  results[i] = result
+local gates = ARGV[9] ~= '' and cjson.decode(ARGV[9]) or nil
+
+local function read(n)
+  local reply = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', n,
+    'STREAMS', KEYS[1], '>')
+  return reply and reply[1][2] or {}
 end
-return results
+
+local function job_of(fields)
+  for f = 1, #fields, 2 do
+    if fields[f] == 'job_id' then return fields[f + 1] end
+  end
+  return nil
+end
+
+local function start_entries(entries)
+  local results = {}
+  for i, entry in ipairs(entries) do
+    local entry_id, job_id = entry[1], job_of(entry[2])
+    local result
+    if job_id and job_id ~= '' then
+      local job_key = prefix .. job_id
+      result = start_job(KEYS[1], KEYS[2], job_key, job_key .. JOB_EVENTS_SUFFIX, entry_id,
+        consumer, now, traced, gates)
+    else  -- a wake-up entry (`backlog_add`), or not one a script of ours wrote
+      end_delivery(KEYS[1], entry_id)
+      job_id, result = '', {'skipped', 'missing'}
+    end
+    table.insert(result, 1, job_id)
+    table.insert(result, 1, entry_id)
+    results[i] = result
+  end
+  return results
+end
+
+if lead ~= ORDERED_LEAD then
+  local entries = read(count)
+  -- Nothing waits: whoever submits next leads (see `route`).
+  if #entries < count and lead then redis.call('DEL', lead_key) end
+  return start_entries(entries)
+end
+
+-- Ordered: first, what the stream still holds moves to the backlog, each job behind its own
+-- tenant's earlier ones, so the stream is empty when the backlog's jobs get their entries.
+local moving = read(MOVE_AT_ONCE)
+for _, entry in ipairs(moving) do
+  local entry_id, job_id = entry[1], job_of(entry[2])
+  end_delivery(KEYS[1], entry_id)
+  if job_id and job_id ~= '' then
+    local job_key = prefix .. job_id
+    local j = redis.call('HMGET', job_key, 'status', 'entry_id', 'tenant', 'priority')
+    if j[1] == QUEUED and j[2] == entry_id then
+      redis.call('HSET', job_key, 'entry_id', '')
+      backlog_add(base, KEYS[1], job_id, j[3] or '', tonumber(j[4]) or DEFAULT_PRIORITY, false)
+    end
+  end
+end
+if #moving == MOVE_AT_ONCE then return {{'', '', 'moving'}} end
+
+local backlog = base .. BACKLOG_SUFFIX
+local picked = redis.call('ZRANGE', backlog, 0, count - 1, 'WITHSCORES')
+if #picked == 0 then
+  -- Both are empty: the next job leads again, in the stream, and the fair clock restarts.
+  redis.call('DEL', lead_key, base .. FAIR_SUFFIX)
+  return {}
+end
+local ids = {}
+for i = 1, #picked, 2 do
+  local job_id = picked[i]
+  ids[#ids + 1] = job_id
+  local job_key = prefix .. job_id
+  local j = redis.call('HMGET', job_key, 'type', 'attempt')
+  redis.call('HSET', job_key, 'entry_id', add_entry(KEYS[1], job_id, j[1] or '', j[2] or '0'))
+end
+redis.call('ZREM', backlog, unpack(ids))
+-- The clock moves to the latest job taken: a tenant arriving now queues right behind it.
+local clock = tonumber(redis.call('HGET', base .. FAIR_SUFFIX, ORDERED_LEAD)) or 0
+for i = 2, #picked, 2 do clock = math.max(clock, tonumber(picked[i]) % 1099511627776) end
+redis.call('HSET', base .. FAIR_SUFFIX, ORDERED_LEAD, string.format('%.0f', clock))
+return start_entries(read(#ids))

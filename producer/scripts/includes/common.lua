@@ -100,6 +100,100 @@ local function count_finished(job_key, status, n)
   redis.call('EXPIRE', key, 7200)
 end
 
+-- The job's delivery entry; the caller records the returned id as the hash's `entry_id`.
+local function add_entry(jobs_key, job_id, job_type, attempt)
+  return redis.call('XADD', jobs_key, '*', 'job_id', job_id, 'type', job_type,
+    'attempt', tostring(attempt))
+end
+
+-- The score of a job in the ordered backlog: its priority's band first (higher priorities
+-- lower scores, so ZRANGE gives them first: strict between levels), then its virtual time
+-- (below). Whole numbers under 2^53: exact as a double, spelled in full ('%.0f': a plain
+-- tostring keeps 14 digits and would merge neighbours).
+local function backlog_score(priority, vtime)
+  return string.format('%.0f', (9 - priority) * 1099511627776 + vtime)
+end
+
+-- Put a queued job in the queue's ordered backlog. Fairness between tenants is start-time
+-- fair queueing: each tenant's next job gets the virtual time one after the later of the
+-- backlog's clock (the virtual time of the last job taken) and that tenant's own last one.
+-- A tenant with 5,000 jobs waiting has them at clock+1 ... clock+5,000; another tenant's
+-- job, arriving now, gets clock+1 and is next but one. `base` is the queue's `conveyor:{q}`.
+-- The first job in an empty backlog also adds an entry without a job to the jobs stream (unless
+-- `wake` is false): a consumer blocked on XREADGROUP wakes, finds nothing to run in it, and
+-- takes from the backlog.
+local function backlog_add(base, jobs_key, job_id, tenant, priority, wake)
+  local fair = base .. FAIR_SUFFIX
+  local f = redis.call('HMGET', fair, ORDERED_LEAD, tenant)
+  local vtime = math.max(tonumber(f[1]) or 0, tonumber(f[2]) or 0) + 1
+  redis.call('HSET', fair, tenant, string.format('%.0f', vtime))
+  local backlog = base .. BACKLOG_SUFFIX
+  redis.call('ZADD', backlog, backlog_score(priority, vtime), job_id)
+  if wake and redis.call('ZCARD', backlog) == 1 then
+    redis.call('XADD', jobs_key, '*', 'job_id', '')
+  end
+end
+
+-- Where a queued job waits, so that priorities and tenants are served as DESIGN says without
+-- a plain queue paying for it. While every waiting job is of one tenant (the `lead`) at the
+-- default priority, the jobs stream's FIFO order is already right: the job gets an entry
+-- there, as before flow control existed (one GET more per job). A job of another tenant or
+-- priority turns the queue to its ordered backlog (`lead` becomes ORDERED_LEAD): it and every
+-- job after it wait there, and `take` moves what the stream still holds into the backlog
+-- before it takes any (so a new tenant's jobs do not wait behind another's thousands). Once
+-- both are empty, `take` clears `lead` and the next job leads again.
+-- Returns the job's new entry id, or '' when it waits in the backlog.
+local function route(jobs_key, job_key, job_id, job_type, attempt, tenant, priority)
+  local base = queue_key(job_key, '')
+  local lead = redis.call('GET', base .. LEAD_SUFFIX)
+  if priority == DEFAULT_PRIORITY and (lead == tenant or not lead) then
+    if not lead then redis.call('SET', base .. LEAD_SUFFIX, tenant) end
+    return add_entry(jobs_key, job_id, job_type, attempt)
+  end
+  if lead ~= ORDERED_LEAD then redis.call('SET', base .. LEAD_SUFFIX, ORDERED_LEAD) end
+  backlog_add(base, jobs_key, job_id, tenant, priority, true)
+  return ''
+end
+
+-- A job queued again (backoff over, retried, its children ended, let through a gate): where
+-- it waits is `route`'s choice, as for a new job.
+local function enqueue(jobs_key, job_key, job_id, job_type, attempt)
+  local j = redis.call('HMGET', job_key, 'tenant', 'priority')
+  local entry_id = route(jobs_key, job_key, job_id, job_type, attempt, j[1] or '',
+    tonumber(j[2]) or DEFAULT_PRIORITY)
+  redis.call('HSET', job_key, 'entry_id', entry_id)
+  return entry_id
+end
+
+-- Let the first job held at a gate (its list `held_key`) go, back to where it waits to be
+-- taken. Ids of jobs cancelled (or let go otherwise) while held are dropped on the way.
+-- Returns the job's id, or nil when none was held.
+local function release_held(held_key, jobs_key, job_prefix)
+  while true do
+    local job_id = redis.call('LPOP', held_key)
+    if not job_id then return nil end
+    local job_key = job_prefix .. job_id
+    local j = redis.call('HMGET', job_key, 'status', 'held', 'type', 'attempt')
+    if j[1] == QUEUED and j[2] == held_key then
+      redis.call('HSET', job_key, 'held', '', 'released', held_key, 'message', '')
+      enqueue(jobs_key, job_key, job_id, j[3], j[4])
+      return job_id
+    end
+  end
+end
+
+-- The job no longer runs (it ended, or waits for a retry): give back its slot of a `run`
+-- gate (max_running), and let the first job held there go.
+local function free_slot(job_key, slot)
+  if slot and slot ~= '' then
+    local job_id = string.match(job_key, ':job:([^:]*)$')
+    if redis.call('SREM', slot, job_id) == 1 then
+      redis.call('HSET', job_key, 'slot', '')
+      release_held(slot .. ':held', queue_key(job_key, ':jobs'), queue_key(job_key, ':job:'))
+    end
+  end
+end
+
 -- The job has ended (the caller wrote its terminal status): keep its snapshot, history,
 -- steps and children for RETENTION_S, its idempotency key for IDEM_TTL_S, then let Redis
 -- forget them. In the same step, what its end sets off:
@@ -108,7 +202,8 @@ end
 --   the task there (at least once; the parent's `child_ended` script counts each child once);
 -- - a success is remembered for `cache_ttl_s` under its cache key;
 -- - a job with a `callback_url` is queued for delivery in the queue's callbacks stream;
--- - a job counted among its tenant's unfinished ones (CONVEYOR_TENANT_MAX_ACTIVE) is not.
+-- - a job counted among its tenant's unfinished ones (CONVEYOR_TENANT_MAX_ACTIVE) is not;
+-- - a job holding a slot of its type's `max_running` gives it back (`free_slot`).
 -- `f` is ENDED_FIELDS as the caller read them, or nil to read them here; `counted`: the
 -- caller counts the end in the minute's figures itself (a batch script, once per batch).
 local function job_ended(job_key, job_events_key, status, f, counted)
@@ -119,12 +214,13 @@ local function job_ended(job_key, job_events_key, status, f, counted)
   if f[1] and f[1] ~= '' then redis.call('EXPIRE', f[1], IDEM_TTL_S) end
   if f[2] ~= '1' then return end
   local g = redis.call('HMGET', job_key, 'id', 'steps', 'children', 'parent_id', 'parent_queue',
-    'error', 'cache_key', 'cache_ttl', 'callback_url', 'counted')
+    'error', 'cache_key', 'cache_ttl', 'callback_url', 'counted', 'slot')
   if g[10] and g[10] ~= '' then
     -- Out of its tenant's unfinished jobs, once (a job re-run by hand is not counted again).
     redis.call('DECR', g[10])
     redis.call('HSET', job_key, 'counted', '')
   end
+  free_slot(job_key, g[11])
   if g[2] == '1' then redis.call('EXPIRE', job_key .. JOB_STEPS_SUFFIX, RETENTION_S) end
   if g[3] and g[3] ~= '' then redis.call('EXPIRE', job_key .. JOB_CHILDREN_SUFFIX, RETENTION_S) end
   if g[4] and g[4] ~= '' then
@@ -146,16 +242,4 @@ end
 local function holds_lease(job_key, attempt)
   local j = redis.call('HMGET', job_key, 'status', 'attempt')
   return j[1] == RUNNING and j[2] == attempt
-end
-
--- The job's delivery entry; the caller records the returned id as the hash's `entry_id`.
-local function add_entry(jobs_key, job_id, job_type, attempt)
-  return redis.call('XADD', jobs_key, '*', 'job_id', job_id, 'type', job_type,
-    'attempt', tostring(attempt))
-end
-
-local function enqueue(jobs_key, job_key, job_id, job_type, attempt)
-  local entry_id = add_entry(jobs_key, job_id, job_type, attempt)
-  redis.call('HSET', job_key, 'entry_id', entry_id)
-  return entry_id
 end
