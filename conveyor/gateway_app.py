@@ -19,7 +19,7 @@ def job_types(settings: Settings) -> list[JobType]:
     """The declared handlers as the gateway knows them. Raises
     `consumers.registry.HandlersNotFound` when they cannot be imported."""
     return [
-        JobType(f.name, f.payload.model, f.timeout_s, f.max_tries)
+        JobType(f.name, f.payload.model, f.timeout_s, f.max_tries, f.gate)
         for f in functions(settings).values()
     ]
 

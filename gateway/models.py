@@ -74,6 +74,11 @@ class JobTypeInfo(BaseModel):
     payload_schema: dict[str, Any] = Field(description="the JSON Schema a payload must fit")
     timeout_s: float = Field(description="its handler's timeout, unless a submit sets one")
     max_tries: int = Field(description="attempts it gets, unless a submit sets `max_attempts`")
+    flow_control: dict[str, Any] = Field(
+        default_factory=dict,
+        description="its handler's `rate_limit` and `rate_key`, `max_running` and "
+        "`concurrency_key`, where declared: shared by every worker of the queue",
+    )
 
 
 # The error answers most routes share, for the OpenAPI description (errors.py makes them).

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 
 from schemas.errors import InvalidPayload, UnknownJobType
+from schemas.gates import Gate
 from schemas.models import SubmitRequest
 
 ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
@@ -35,6 +36,7 @@ class JobType:
     payload: type[BaseModel] | None = None
     timeout_s: float | None = None
     max_tries: int | None = None
+    gate: Gate | None = None  # its rate limit and cap on how many run at once
 
 
 class JobTypes:

@@ -25,6 +25,7 @@ async def list_(gw: GatewayDep, tenant: Tenant) -> Any:
             payload_schema=gw.job_types.schema(t.name),
             timeout_s=t.timeout_s or settings.job_timeout_s,
             max_tries=t.max_tries or settings.max_attempts,
+            flow_control=t.gate.describe() if t.gate else {},
         )
         for t in gw.job_types
     ]

@@ -33,6 +33,7 @@ const PLACEHOLDERS = { string: "", number: 0, integer: 0, boolean: false, array:
 
 const jobs = new Map();
 const payloadSchemas = new Map(); // job type -> its payload's JSON Schema, from GET /v1/job-types
+const flowControl = new Map(); // job type -> its rate limit and cap, from GET /v1/job-types
 let apiKey = "";
 let source = null;
 let nextCursor = null;
@@ -121,6 +122,9 @@ function cells(job) {
     statusNotes.push("cancel requested");
   }
   if (job.attempt > 1) statusNotes.push(`attempt ${job.attempt}`);
+  if (job.priority !== undefined && job.priority !== 5) statusNotes.push(`priority ${job.priority}`);
+  // A job held back by its type's rate limit or cap says so while it waits.
+  if (job.status === "queued" && job.message) statusNotes.push(job.message);
   const statusCell = el("td", {}, badge,
     statusNotes.length ? el("div", { className: "note" }, statusNotes.join(", ")) : null);
 
@@ -367,7 +371,10 @@ function fillJobTypes(types) {
   const select = $("job-type");
   const current = select.value;
   payloadSchemas.clear();
-  for (const t of types) payloadSchemas.set(t.name, t.payload_schema);
+  for (const t of types) {
+    payloadSchemas.set(t.name, t.payload_schema);
+    flowControl.set(t.name, t.flow_control || {});
+  }
   const names = types.map((t) => t.name);
   select.replaceChildren(...names.map((name) => el("option", { value: name }, name)));
   const preferred = names.includes(current) ? current : (names.includes("sleep") ? "sleep" : names[0]);
@@ -424,6 +431,15 @@ function showPayloadFields() {
     return el("li", {}, el("code", {}, name), ` ${facts.join(", ")}`,
       raw.description ? el("span", { className: "muted" }, ` — ${raw.description}`) : null);
   });
+  const limits = flowControl.get($("job-type").value) || {};
+  if (limits.rate_limit) {
+    items.push(el("li", { className: "muted" },
+      `rate limit ${limits.rate_limit}${limits.rate_key ? ` per ${limits.rate_key}` : ""}, across all workers`));
+  }
+  if (limits.max_running) {
+    items.push(el("li", { className: "muted" },
+      `at most ${limits.max_running} running${limits.concurrency_key ? ` per ${limits.concurrency_key}` : ""}`));
+  }
   if (schema.additionalProperties !== false) {
     items.push(el("li", { className: "muted" }, items.length ? "other fields too" : "any JSON object"));
   }
@@ -445,7 +461,9 @@ async function submitJob(e) {
   }
   const type = $("job-type").value;
   try {
-    const job = await api("POST", "/v1/jobs", { type, payload });
+    const priority = Number($("priority").value);
+    const body = priority === 5 ? { type, payload } : { type, payload, priority };
+    const job = await api("POST", "/v1/jobs", body);
     upsert(job);
     setSubmitStatus(`Submitted ${type} job ${job.id.slice(-8)}`);
   } catch (err) {

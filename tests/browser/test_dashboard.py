@@ -285,3 +285,27 @@ def test_schedules_are_listed_with_their_next_run(dashboard_url: str, page: Page
     expect(panel.locator("tbody tr")).to_contain_text(["nightly-report"])
     expect(panel.locator("tbody tr").first).to_contain_text("0 3 * * *")
     expect(panel.locator("tbody tr").first).to_contain_text("never")
+
+
+def test_a_priority_is_chosen_on_submit_and_a_held_job_says_why(
+    dashboard_url: str, page: Page
+) -> None:
+    """The form sends the chosen priority and the row shows it; a queued job's `message`
+    (what a gate holds it back for) shows under its status."""
+    connect(page, dashboard_url)
+    page.get_by_label("Priority").select_option("9")
+    submit(page, "noop", {})
+    row = page.locator('tr[data-type="noop"]').first
+    expect(row).to_contain_text("priority 9")
+    job_id = row.get_attribute("data-job-id")
+    response = httpx.get(
+        f"{dashboard_url}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    assert response.json()["priority"] == 9
+
+    held = {**response.json(), "id": "f" * 32, "status": "queued", "last_event_id": None,
+            "message": "waiting for the rate limit: 20/s per tenant"}  # fmt: skip
+    page.evaluate("job => upsert(job)", held)
+    expect(page.locator(f'tr[data-job-id="{"f" * 32}"]')).to_contain_text(
+        "waiting for the rate limit: 20/s per tenant"
+    )

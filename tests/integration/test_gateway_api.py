@@ -84,14 +84,12 @@ async def submit(client: httpx.AsyncClient, headers: dict[str, str] = A, **body:
 
 
 async def run_to_success(producer: Producer, queue: str, job_id: str, result: Any = None) -> None:
-    """Drive a queued job to `succeeded` the way a worker would (it is the only one queued)."""
+    """Drive a queued job to `succeeded` the way a worker would (it is the only one queued:
+    others were cancelled). A take, as a worker's: with two tenants' jobs queued, they wait
+    in the ordered backlog rather than in the jobs stream."""
     await producer.ensure_group(queue)
-    read = await producer.redis.xreadgroup(
-        CONSUMER_GROUP, "c1", {producer.keys(queue).jobs: ">"}, count=1
-    )
-    entry_id, fields = read[0][1][0]
-    assert fields["job_id"] == job_id
-    [delivery] = await producer.start(queue, [(entry_id, job_id)], "c1")
+    [delivery] = (await producer.take(queue, "c1", 10)).deliveries
+    assert delivery.job_id == job_id
     artifact = Artifact(
         name="out.txt",
         bucket="conveyor",
@@ -225,6 +223,9 @@ async def test_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
         ({"type": "noop", "payload": [1]}, "body.payload"),
         ({"type": "noop", "delay_s": -1}, "body.delay_s"),
         ({"type": "noop", "max_attempts": 0}, "body.max_attempts"),
+        ({"type": "noop", "priority": 10}, "body.priority"),
+        ({"type": "noop", "priority": -1}, "body.priority"),
+        ({"type": "noop", "priority": "high"}, "body.priority"),
         ({"type": "noop", "colour": "red"}, "body.colour"),
         ({"type": "no such type"}, "body.type"),
         ({"type": "teleport"}, "body.type"),
@@ -410,6 +411,7 @@ def test_producer_submit_request_is_the_documented_body() -> None:
         "delay_s",
         "max_attempts",
         "timeout_s",
+        "priority",
         "children",
         "on_child_failure",
         "callback_url",
@@ -892,3 +894,12 @@ async def test_a_job_shows_the_attempts_and_timeout_that_apply_to_it(settings: S
         assert (declared["max_attempts"], declared["timeout_s"]) == (2, 0.3)  # tests/handlers.py
         chosen = await submit(client, **sleep, max_attempts=7)
         assert chosen["max_attempts"] == 7
+
+
+async def test_a_priority_is_kept_and_shown(client: httpx.AsyncClient) -> None:
+    urgent = await client.post("/v1/jobs", json={"type": "noop", "priority": 9}, headers=A)
+    plain = await client.post("/v1/jobs", json={"type": "noop"}, headers=A)
+    assert (urgent.status_code, plain.status_code) == (202, 202)
+    assert (urgent.json()["priority"], plain.json()["priority"]) == (9, 5)
+    again = await client.get(f"/v1/jobs/{urgent.json()['id']}", headers=A)
+    assert again.json()["priority"] == 9

@@ -7,6 +7,7 @@ a ctx annotation that cannot be resolved at run time must not matter."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -14,8 +15,10 @@ import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
 from consumers.handlers import BUILTIN_FUNCTIONS
+from consumers.handlers.builtin import noop
 from consumers.registry import Handler, declare, derive
 from schemas.errors import InvalidPayload
+from schemas.gates import Gate, gates_argument
 
 if TYPE_CHECKING:
     from consumers.context import JobContext
@@ -185,3 +188,28 @@ def test_the_builtin_types_take_what_design_says() -> None:
         schema = schemas[name]
         assert schema["required"] == required and schema["additionalProperties"] is False
         assert set(schema["properties"]) == {*required, *optional}
+
+
+def test_a_gate_is_declared_with_its_handler_and_checked_then() -> None:
+    handler = declare(noop, name="rated", rate_limit="120/m", rate_key="payload.account")
+    assert handler.gate is not None
+    assert handler.gate.describe() == {"rate_limit": "120/m", "rate_key": "payload.account"}
+    assert handler.gate.as_lua() == [500.0, "payload.account", 0, "", "120/m"]
+    capped = declare(handler, max_running=2, concurrency_key="tenant")  # declared again
+    assert capped.gate is not None and capped.gate.max_running == 2
+    assert declare(noop).gate is None
+    for wrong, message in [
+        ({"rate_limit": "fast"}, "is not a rate"),
+        ({"rate_key": "tenant"}, "set rate_limit too"),
+        ({"concurrency_key": "tenant"}, "set max_running too"),
+        ({"max_running": 0}, "at least 1"),
+        ({"rate_limit": "5/s", "rate_key": "account"}, "'tenant' or 'payload.<field>'"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            declare(noop, **wrong)  # type: ignore[arg-type]
+
+
+def test_the_start_scripts_get_the_gated_types_only() -> None:
+    gates = {"a": Gate.declare(max_running=1), "b": None}
+    assert gates_argument(gates) == '{"a":[0,"",1,"",""]}'
+    assert gates_argument({"b": None}) == ""
