@@ -556,8 +556,8 @@ class Producer(Reads):
         deliveries = [
             self._delivery(queue, row[1], row[0], row[3:]) for row in taken if row[2] == "started"
         ]
-        # 'moving': it moved part of the stream into the ordered backlog, and took none yet.
-        moving = len(taken) == 1 and taken[0][2] == "moving"
+        # 'moving': there is more to take than it took (see take.lua).
+        moving = bool(taken) and taken[-1][2] == "moving"
         exhausted = count > 0 and len(taken) < count and not moving
         skipped = [row for row in taken if row[2] == "skipped"]
         held = sum(1 for row in skipped if row[3] == "held")

@@ -15,8 +15,9 @@
 -- ARGV[9] the consumer's gated job types, JSON (see `start_job`), '' for none
 -- Returns, per entry read, {entry id, job id, 'started', attempt, type, payload, timeout_s,
 -- children[, trace]}
--- or {entry id, job id, 'skipped', reason}; or {{'', '', 'moving'}} when it moved part of
--- the stream's backlog into the ordered one and took nothing yet (the consumer asks again).
+-- or {entry id, job id, 'skipped', reason}; and a last row {'', '', 'moving'} when there is
+-- more to take than it took (it moved part of the stream into the ordered backlog, or found
+-- the backlog in use): the consumer asks again.
 --@include common
 --@include start_job
 
@@ -68,8 +69,18 @@ end
 
 if lead ~= ORDERED_LEAD then
   local entries = read(count)
-  -- Nothing waits: whoever submits next leads (see `route`).
-  if #entries < count and lead then redis.call('DEL', lead_key) end
+  if #entries < count then
+    if redis.call('EXISTS', base .. BACKLOG_SUFFIX) == 1 then
+      -- The backlog has jobs but `lead` was lost (a Redis restarted without its last
+      -- writes): take from the backlog again, from the next call on.
+      redis.call('SET', lead_key, ORDERED_LEAD)
+      local results = start_entries(entries)
+      results[#results + 1] = {'', '', 'moving'}
+      return results
+    end
+    -- Nothing waits: whoever submits next leads (see `route`).
+    if lead then redis.call('DEL', lead_key) end
+  end
   return start_entries(entries)
 end
 
