@@ -136,6 +136,7 @@ async def inspect_lines(store: Producer, queue: str) -> list[str]:
         return lines
     lines.append(
         f"  group {CONSUMER_GROUP!r}  pending {stats.pending}  lag {stats.lag}"
+        f"  backlog {stats.backlog}"
         f"  last delivered {stats.group['last-delivered-id']}"
     )
     consumers = await store.consumers(queue)

@@ -106,12 +106,17 @@ class QueueInfo(BaseModel):
     name: str
     paused: bool
     counts: dict[str, int] = Field(
-        description="jobs by status now: scheduled, waiting, queued (undelivered), running "
+        description="jobs by status now: scheduled, waiting, queued (undelivered, in the "
+        "stream or the ordered backlog; not those held at a rate limit or cap), running "
         "(delivered, not yet acknowledged)"
     )
     length: int = Field(description="entries in the jobs stream: undelivered + pending")
     pending: int
     lag: int
+    backlog: int = Field(
+        description="queued jobs in the ordered backlog, there while jobs of more than one "
+        "priority or tenant wait"
+    )
     delayed: int
     dead_lettered: int
     consumers: int

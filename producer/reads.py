@@ -44,6 +44,7 @@ class QueueStats:
     events: int
     seen_ms: dict[str, int]  # consumer -> when it last marked itself alive
     group: dict[str, Any] | None  # XINFO GROUPS of `workers`; None before the first worker
+    backlog: int = 0  # queued jobs waiting in the ordered backlog (priorities, fair turns)
 
     @property
     def pending(self) -> int:
@@ -470,7 +471,8 @@ class Reads:
             pipe.xlen(k.dead)
             pipe.xlen(k.events)
             pipe.hgetall(k.consumer_seen())
-            length, delayed, next_due, dead, events, seen = await pipe.execute()
+            pipe.zcard(k.backlog)
+            length, delayed, next_due, dead, events, seen, backlog = await pipe.execute()
         try:
             groups = await self.redis.xinfo_groups(k.jobs)
         except ResponseError:  # no stream yet
@@ -483,6 +485,7 @@ class Reads:
             events=int(events),
             seen_ms={name: int(ms) for name, ms in seen.items()},
             group=next((g for g in groups if g["name"] == CONSUMER_GROUP), None),
+            backlog=int(backlog),
         )
 
     async def consumers(self, queue: str) -> list[dict[str, Any]]:
