@@ -97,7 +97,7 @@ def library_source() -> str:
     return lua_constants() + include_source("common")
 
 
-TOP_LOCAL = re.compile(r"^local (?:function )?([\w, ]+?)\s*[=(]")
+TOP_LOCAL = re.compile(r"^local (?:function )?([\w, ]+?)\s*(?:[=(]|$)")
 NAME = re.compile(r"[A-Za-z_]\w*")
 COMMENT = re.compile(r"--.*$", re.MULTILINE)
 
