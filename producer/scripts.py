@@ -102,7 +102,7 @@ NAME = re.compile(r"[A-Za-z_]\w*")
 COMMENT = re.compile(r"--.*$", re.MULTILINE)
 
 
-def _definitions(library: str) -> list[tuple[set[str], str]]:
+def definitions(library: str) -> list[tuple[set[str], str]]:
     """The library's top-level statements, each `local NAME = ...` or `local function NAME`
     with the comment lines just above it and whatever follows up to the next one: (names it
     defines, its text). Text before the first definition is one with no names."""
@@ -129,7 +129,7 @@ def _names(code: str) -> set[str]:
 def shaken(library: str, code: str) -> str:
     """`library` less the definitions that `code` does not need: those it names, and those
     they name, transitively. Order is kept, since a Lua local is seen only after it."""
-    chunks = _definitions(library)
+    chunks = definitions(library)
     wanted = _names(code)
     kept = [not names for names, _ in chunks]
     grew = True
