@@ -119,8 +119,8 @@ class EmbeddedRedis(EmbeddedServer):
             "--maxmemory-policy", "noeviction",
             # Redis preallocates a stream's first node at this size (capped at 4 KiB), and
             # every job has its own events stream, kept for the retention period: at the
-            # default 4096 a finished job held 5.5 KB, at 1024 it holds 2.5 KB. The capped
-            # queue events stream grows from 12.5 to 16 MiB at 100,000 entries. The same
+            # default 4096 a finished job held 5.5 KB, at 512 it holds 2.1 KB (README,
+            # Retention: below 512 the queue events stream's cost overtakes it). The same
             # value is what workers check a Redis of one's own against.
             "--stream-node-max-bytes", str(STREAM_NODE_MAX_BYTES),
             # Logged to stdout, which ManagedProcess writes to redis.log: a config error

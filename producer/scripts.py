@@ -7,6 +7,11 @@ and event names, the state machine's tables), generated from `schemas`, so Redis
 exactly what Python refuses and a rename cannot leave a script behind. A test checks that the
 scripts spell none of those names themselves.
 
+A script carries only the library it uses: the constants and include functions that its own
+code names, directly or through another function it carries. Redis runs a script's whole
+text on every call, so each `local function` defined there is a closure made and each table
+a table built per call, and a function nobody calls still costs its compile at SCRIPT LOAD.
+
 Every call goes out as a pipelined EVALSHA (`run_many`; `run` is one call of it): one round
 trip for any number of calls, and the script is loaded only when Redis answers NOSCRIPT.
 """
@@ -46,6 +51,7 @@ from schemas.priority import DEFAULT_PRIORITY
 from schemas.status import TERMINAL, TRANSITIONS, JobStatus
 
 SCRIPT_DIR = Path(__file__).parent / "scripts"
+GENERATED = "-- generated from schemas: do not edit here\n"
 INCLUDE = re.compile(r"^--@include (\w+)\s*$", re.MULTILINE)
 SCRIPT_NAMES = tuple(sorted(path.stem for path in SCRIPT_DIR.glob("*.lua")))
 
@@ -105,17 +111,65 @@ def library_source() -> str:
     return lua_constants() + include_source("common")
 
 
+TOP_LOCAL = re.compile(r"^local (?:function )?([\w, ]+?)\s*(?:[=(]|$)")
+NAME = re.compile(r"[A-Za-z_]\w*")
+COMMENT = re.compile(r"--.*$", re.MULTILINE)
+
+
+def definitions(library: str) -> list[tuple[set[str], str]]:
+    """The library's top-level statements, each `local NAME = ...` or `local function NAME`
+    with the comment lines just above it and whatever follows up to the next one: (names it
+    defines, its text). Text before the first definition is one with no names."""
+    chunks: list[tuple[set[str], list[str]]] = [(set(), [])]
+    pending: list[str] = []  # comment and blank lines, which belong to what follows them
+    for line in library.splitlines(keepends=True):
+        top = TOP_LOCAL.match(line)
+        if top:
+            chunks.append(({n.strip() for n in top.group(1).split(",")}, [*pending, line]))
+            pending = []
+        elif line.startswith("--") or not line.strip():
+            pending.append(line)
+        else:
+            chunks[-1][1].extend([*pending, line])
+            pending = []
+    chunks[-1][1].extend(pending)
+    return [(names, "".join(lines)) for names, lines in chunks]
+
+
+def _names(code: str) -> set[str]:
+    return set(NAME.findall(COMMENT.sub("", code)))
+
+
+def shaken(library: str, code: str) -> str:
+    """`library` less the definitions that `code` does not need: those it names, and those
+    they name, transitively. Order is kept, since a Lua local is seen only after it."""
+    chunks = definitions(library)
+    wanted = _names(code)
+    kept = [not names for names, _ in chunks]
+    grew = True
+    while grew:
+        grew = False
+        for i, (names, text) in enumerate(chunks):
+            if not kept[i] and names & wanted:
+                kept[i] = grew = True
+                wanted |= _names(text)
+    return "".join(text for (_, text), keep in zip(chunks, kept, strict=True) if keep)
+
+
 @cache
 def script_source(name: str) -> str:
-    """The full text of script `name` as Redis runs it."""
+    """The full text of script `name` as Redis runs it: its includes expanded in place of the
+    first `--@include` line, the generated constants first, less what it does not use."""
     text = (SCRIPT_DIR / f"{name}.lua").read_text()
-    preamble = [lua_constants()]
-
-    def expand(match: re.Match[str]) -> str:
-        body = include_source(match.group(1))
-        return preamble.pop() + body if preamble else body
-
-    return INCLUDE.sub(expand, text)
+    includes = INCLUDE.findall(text)
+    if not includes:
+        return text
+    first = INCLUDE.search(text)
+    assert first is not None
+    head, code = text[: first.start()], INCLUDE.sub("", text[first.start() :])
+    constants = lua_constants().removeprefix(GENERATED)
+    library = constants + "".join(include_source(include) for include in includes)
+    return head + GENERATED + shaken(library, code) + code.lstrip("\n")
 
 
 @cache

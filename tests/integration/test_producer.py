@@ -402,7 +402,7 @@ async def test_a_stream_node_size_that_costs_memory_is_reported(
     server = fresh_redis()
     client = aioredis.Redis.from_url(server.url, decode_responses=True)
     try:
-        assert await note_stream_node_size(client) is None  # 1024, as embedded Redis runs
+        assert await note_stream_node_size(client) is None  # 512, as embedded Redis runs
         await client.config_set("stream-node-max-bytes", 4096)  # Redis's default
         assert await note_stream_node_size(client) == 4096
         await client.config_set("stream-node-max-bytes", 0)  # no cap: a 4 KiB first node

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from producer.scripts import SCRIPT_DIR, SCRIPT_NAMES, lua_constants, script_source
+from producer.scripts import (
+    SCRIPT_DIR,
+    SCRIPT_NAMES,
+    definitions,
+    include_source,
+    lua_constants,
+    script_source,
+    shaken,
+)
 from schemas.events import EventType, StepState
 from schemas.keys import (
     CALLBACKS_SUFFIX,
@@ -76,3 +84,25 @@ def test_every_file_in_the_folder_is_a_script() -> None:
         source = script_source(name)
         assert "--@include" not in source
         assert source.count("generated from schemas") == 1, name
+
+
+def test_a_script_carries_every_library_name_it_uses_and_no_unused_function() -> None:
+    library = lua_constants() + "".join(
+        include_source(p.stem) for p in sorted(SCRIPT_DIR.glob("includes/*.lua"))
+    )
+    defined = set().union(*(names for names, _ in definitions(library)))
+    for name in SCRIPT_NAMES:
+        source = script_source(name)
+        carried = set().union(*(names for names, _ in definitions(source)))
+        used = set(re.findall(r"[A-Za-z_]\w*", re.sub(r"--.*", "", source)))
+        assert (used & defined) - carried == set(), name
+        functions = set(re.findall(r"^local function (\w+)", source, re.MULTILINE))
+        for function in functions:
+            calls = re.findall(rf"\b{function}\b", re.sub(r"--.*", "", source))
+            assert len(calls) > 1, f"{name} carries {function}, which it never calls"
+
+
+def test_shaking_keeps_what_is_named_through_another_definition() -> None:
+    library = "local A = 1\nlocal B = A\n-- about C\nlocal function C()\n  return B\nend\n"
+    assert shaken(library, "return C()") == library
+    assert shaken(library, "return A") == "local A = 1\n"

@@ -19,6 +19,17 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- When a job ending in this call stops being kept (ms, as PEXPIREAT takes it): computed once
+-- per call, not per job. Redis would turn an EXPIRE into this PEXPIREAT for the AOF anyway,
+-- building it anew each time, and Lua would format the number at each call.
+local retained_until
+local function retention_end()
+  if not retained_until then
+    retained_until = string.format('%d', now_ms() + RETENTION_S * 1000)
+  end
+  return retained_until
+end
+
 local function allowed(from, to)
   local targets = TRANSITIONS[from]
   return targets ~= nil and targets[to] == true
@@ -209,8 +220,8 @@ end
 local function job_ended(job_key, job_events_key, status, f, counted)
   if not counted then count_finished(job_key, status, 1) end
   f = f or redis.call('HMGET', job_key, unpack(ENDED_FIELDS))
-  redis.call('EXPIRE', job_key, RETENTION_S)
-  redis.call('EXPIRE', job_events_key, RETENTION_S)
+  redis.call('PEXPIREAT', job_key, retention_end())
+  redis.call('PEXPIREAT', job_events_key, retention_end())
   if f[1] and f[1] ~= '' then redis.call('EXPIRE', f[1], IDEM_TTL_S) end
   if f[2] ~= '1' then return end
   local g = redis.call('HMGET', job_key, 'id', 'steps', 'children', 'parent_id', 'parent_queue',
