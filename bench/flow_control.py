@@ -25,8 +25,9 @@ been held at a gate (no `held` field in its hash). Measured:
 - fairness: tenant A's 5,000 `sleepy` jobs (10 ms) queued, a consumer at concurrency 10
   started; once A's 21st has started, tenant B submits 10 no-ops. From the queue's events
   stream: how many of A's start between B's first `job.queued` and B's last `job.started`
-  (the goal: fewer than 100), B's pickup, queued to started (Redis's clock), and the
-  longest time in which nothing started meanwhile;
+  (the goal: fewer than 100), B's pickup, queued to started (Redis's clock), the longest
+  time in which nothing started meanwhile, and Redis's slow log meanwhile (calls of 10 ms or
+  more: moving the stream's leftovers to the ordered backlog is 1,000 entries a call);
 - what a declared rate of 500/s gives a queue filled beforehand.
 
 Needs `valgrind` (apt-get install valgrind). Prints one line per figure.
@@ -160,6 +161,9 @@ class Fairness:
     # the longest time without any start while B waited: the queue's stream moving to the
     # ordered backlog (1,000 entries a take) starts nothing meanwhile
     start_gap_max_ms: int
+    # Redis's slow log while B waited (calls of 10 ms or more): the count, the longest in ms
+    slow_calls: int
+    slowest_ms: float
     a_left_queued: int  # A's jobs still queued when B's last started: above 0, or it proves nothing
 
 
@@ -176,12 +180,14 @@ async def fairness(data_dir: Path, a_jobs: int = 5000, b_jobs: int = 10) -> Fair
         producer = producer_for(redis, url)
         try:
             await until_status(producer, a[20], JobStatus.QUEUED, "A's 21st to start")
+            await redis.slowlog_reset()
             b = await producer.submit_many(
                 [SubmitRequest(type="plain", queue=QUEUE) for _ in range(b_jobs)], tenant="b"
             )
             await until_status(producer, b[-1], JobStatus.QUEUED, "B's last to start")
             for job_id in b:
                 await until_status(producer, job_id, JobStatus.QUEUED, "B's jobs to start")
+            slow = [entry["duration"] for entry in await redis.slowlog_get(128)]
             a_left = sum(
                 [
                     job is not None and job.status is JobStatus.QUEUED
@@ -206,7 +212,7 @@ async def fairness(data_dir: Path, a_jobs: int = 5000, b_jobs: int = 10) -> Fair
     starts = [int(f["ts"]) for f in rows[first : last + 1] if f["event"] == "job.started"]
     times = [int(rows[first]["ts"]), *starts]
     gap = max(later - earlier for earlier, later in pairwise(times))
-    return Fairness(a_between, pickup, gap, a_left)
+    return Fairness(a_between, pickup, gap, len(slow), max(slow, default=0) / 1000, a_left)
 
 
 async def until_status(
@@ -295,6 +301,7 @@ async def main() -> None:
             f"b_pickup_p50_ms={percentile([float(v) for v in fair.b_pickup_ms], 50):.0f} "
             f"b_pickup_max_ms={max(fair.b_pickup_ms)} "
             f"start_gap_max_ms={fair.start_gap_max_ms} "
+            f"redis_calls_over_10ms={fair.slow_calls} longest_call_ms={fair.slowest_ms:.0f} "
             f"a_of_last_500_still_queued={fair.a_left_queued}",
             flush=True,
         )
