@@ -50,9 +50,14 @@ class CallgrindRedis(EmbeddedRedis):
         self._control("--zero")
 
     def instructions(self) -> int:
-        """Instructions since `zero`, from a dump requested now."""
+        """Instructions since `zero` (or the last dump: a dump zeroes the counters too), from
+        a dump requested now: callgrind numbers its dumps, so the newest is this one."""
         self._control("--dump")
-        for dump in self.data_dir.glob(f"callgrind.{self.pid}.*"):
+        dumps = sorted(
+            self.data_dir.glob(f"callgrind.{self.pid}.*"),
+            key=lambda dump: int(dump.suffix[1:]),
+        )
+        for dump in dumps[-1:]:
             for line in dump.read_text().splitlines():
                 if line.startswith("totals:"):
                     return int(line.split()[1])
