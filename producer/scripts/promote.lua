@@ -22,16 +22,22 @@ for _, job_id in ipairs(ids) do
     moved = moved + 1
   end
 end
--- A rate gate lets one held job go per interval, in the order they were held, a little
--- before its turn (see `early_ms`): a thousand jobs waiting for one limit do not all wake to
--- find it spent.
+-- A rate gate lets its held jobs go in order, a round at a time: those whose turns come in
+-- the next RATE_ROUND_MS (`round`, written by `pass_gates`), a little before the first turn;
+-- each is booked its turn when it comes back to the gate. A thousand jobs held at one limit
+-- do not all wake to find it spent.
 local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
 for _, held_key in ipairs(due) do
-  if release_held(held_key, KEYS[2], ARGV[6]) and redis.call('LLEN', held_key) > 0 then
-    -- Until the one let go starts and says when the next is due (`pass_gates`).
-    local gate = string.sub(held_key, 1, -6)  -- less ':held'
-    local interval = tonumber(redis.call('HGET', gate, 'interval')) or 1000
-    redis.call('ZADD', KEYS[4], string.format('%d', now + interval), held_key)
+  local gate = string.sub(held_key, 1, -6)  -- less ':held'
+  local g = redis.call('HMGET', gate, 'interval', 'round')
+  local interval, round = tonumber(g[1]) or 1000, tonumber(g[2]) or 1
+  local released = 0
+  while released < round and release_held(held_key, KEYS[2], ARGV[6]) do
+    released = released + 1
+  end
+  if released > 0 and redis.call('LLEN', held_key) > 0 then
+    -- The next round, unless a start says sooner (`pass_gates`).
+    redis.call('ZADD', KEYS[4], string.format('%d', now + interval * released), held_key)
   else
     redis.call('ZREM', KEYS[4], held_key)
   end

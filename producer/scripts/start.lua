@@ -29,10 +29,11 @@ for i = 1, #ARGV - 7 do
     end_delivery(KEYS[1], entry_id)
     if j[1] == QUEUED and j[2] == entry_id then enqueue(KEYS[1], job_key, j[3], j[4], j[5]) end
     results[i] = {'skipped', 'paused'}
-  elseif ordered then
+  elseif ordered and (redis.call('HGET', job_key, 'released') or '') == '' then
     -- The queue turned to its ordered backlog (see `route`) while this entry waited in the
     -- stream: it goes there too, and the consumer takes in order (a job of a higher
-    -- priority, or another tenant's turn, may come first).
+    -- priority, or another tenant's turn, may come first). Not a job a rate gate let go
+    -- for its turn: that one was taken in order already, and its consumer starts it now.
     local j = redis.call('HMGET', job_key, 'status', 'entry_id', 'id', 'tenant', 'priority')
     end_delivery(KEYS[1], entry_id)
     if j[1] == QUEUED and j[2] == entry_id then

@@ -12,18 +12,23 @@ end
 -- Hold a queued job at a gate: its entry ends, it waits in the gate's list (in order; first
 -- again if the gate had let it go, `first`), still `queued`, its attempt untouched; its
 -- snapshot's `message` says what for.
-local function hold(jobs_key, job_key, entry_id, held_key, first, message, now)
+local function hold(jobs_key, job_key, job_id, entry_id, held_key, first, message, now)
   end_delivery(jobs_key, entry_id)
-  redis.call(first and 'LPUSH' or 'RPUSH', held_key, string.match(job_key, ':job:([^:]*)$'))
-  redis.call('HSET', job_key, 'entry_id', '', 'held', held_key, 'released', '',
+  redis.call(first and 'LPUSH' or 'RPUSH', held_key, job_id)
+  redis.call('HSET', job_key, 'entry_id', '', 'held', held_key, 'released', '', 'turn', '',
     'message', message, 'updated_at', now)
 end
 
--- How early a rate gate lets its next held job go: the trip back to a consumer takes a few
--- ms, which every start would add to the interval (at 20/s, 91-98 starts in 5 s instead of
--- 100); a job let go early waits at its consumer for the rest, and starts within a ms.
-local function early_ms(interval)
-  return math.min(interval / 2, 25)
+-- A rate gate lets its held jobs go in rounds, each round the jobs whose turns come in the
+-- next RATE_ROUND_MS, a little before the first of them (EARLY_MS): the trip back to a
+-- consumer takes a few ms, which every start would otherwise add to the interval (at 20/s,
+-- 91-98 starts in 5 s instead of 100), and one job a round held a gate of 500/s to 80/s.
+-- A job let go comes back to its gate and is booked its own turn: its consumer keeps its
+-- entry, waits, and starts it then (`start_later`), still checked against the gate.
+local RATE_ROUND_MS, EARLY_MS = 100, 25
+
+local function round_size(interval)
+  return math.max(1, math.min(200, math.floor(RATE_ROUND_MS / interval)))
 end
 
 -- Whether a job of a gated type may start now (consumers/gates.py declares the gates):
@@ -32,12 +37,12 @@ end
 -- itself: a newcomer does not overtake the jobs held before it. Concurrency is checked
 -- first and its slot taken last, so a job held back by the rate holds no slot meanwhile.
 -- The slot is the job's until it ends or waits for a retry (`free_slot`): a job re-run after
--- its worker died keeps it. The rate's state is the GCRA's next free start on Redis's clock,
--- with no burst: starts are at least `interval` apart. Returns true when it may start,
--- false when it was held, or the ms it is to wait at its consumer (let go early).
-local function pass_gates(jobs_key, job_key, entry_id, j, gate, now)
-  local job_id = string.match(job_key, ':job:([^:]*)$')
-  local base = queue_key(job_key, GATE_SUFFIX)
+-- its worker died keeps it. The rate's state is the GCRA's next free start (`tat`) on
+-- Redis's clock, with no burst: starts are at least `interval` apart, so no window of the
+-- rate's period holds more than its count. Returns true when it may start, false when it
+-- was held, or the ms it is to wait at its consumer for its booked turn.
+local function pass_gates(jobs_key, job_key, job_id, entry_id, j, gate, now)
+  local base = string.sub(job_key, 1, -(#job_id + 6)) .. GATE_SUFFIX  -- less ':job:<id>'
   local released = redis.call('HGET', job_key, 'released')
   local slot
   if gate[3] > 0 then
@@ -46,7 +51,7 @@ local function pass_gates(jobs_key, job_key, entry_id, j, gate, now)
       local held_key = key .. ':held'
       local queue_ahead = released ~= held_key and redis.call('LLEN', held_key) > 0
       if queue_ahead or redis.call('SCARD', key) >= gate[3] then
-        hold(jobs_key, job_key, entry_id, held_key, released == held_key,
+        hold(jobs_key, job_key, job_id, entry_id, held_key, released == held_key,
           'waiting for a free slot: at most ' ..
           gate[3] .. ' running' .. (gate[4] ~= '' and (' per ' .. gate[4]) or ''), now)
         return false
@@ -57,39 +62,39 @@ local function pass_gates(jobs_key, job_key, entry_id, j, gate, now)
   if gate[1] > 0 then
     local key = base .. 'rate:' .. j[3] .. ':' .. gate_value(gate[2], j[9], j[4])
     local held_key = key .. ':held'
-    local tat = tonumber(redis.call('HGET', key, 'tat')) or 0
-    local queue_ahead = released ~= held_key and redis.call('LLEN', held_key) > 0
+    local r = redis.call('HMGET', key, 'tat', 'booked')
+    local tat, n = tonumber(r[1]) or 0, tonumber(now)
     local again = released == held_key
-    if again and tat > tonumber(now) and tat - tonumber(now) <= early_ms(gate[1]) then
-      -- Let go early, as the rate gate does (promote.lua), to start on time: its consumer
-      -- keeps the entry and starts it again when the next start is free.
-      return tat - tonumber(now)
-    end
-    if queue_ahead or tat > tonumber(now) then
-      hold(jobs_key, job_key, entry_id, held_key, again, 'waiting for the rate limit: ' ..
-        gate[5] .. (gate[2] ~= '' and (' per ' .. gate[2]) or ''), now)
-      -- The next is let go just before the next start is free (see promote.lua).
-      local due = string.format('%d', math.max(tat - early_ms(gate[1]), tonumber(now)))
-      if again then
-        redis.call('ZADD', queue_key(job_key, GATES_SUFFIX), due, held_key)
-      else
-        redis.call('ZADD', queue_key(job_key, GATES_SUFFIX), 'NX', due, held_key)
+    if again and tat > n then
+      -- Let go for its turn: book it one (once), and wait for it at the consumer.
+      local turn = tonumber(redis.call('HGET', job_key, 'turn'))
+      if not turn then
+        turn = math.max(tat, (tonumber(r[2]) or 0) + gate[1])
+        redis.call('HSET', key, 'booked', string.format('%.3f', turn))
+        redis.call('HSET', job_key, 'turn', string.format('%.3f', turn))
       end
+      return math.max(1, math.ceil(math.max(turn, tat) - n))
+    end
+    if (not again and redis.call('LLEN', held_key) > 0) or tat > n then
+      hold(jobs_key, job_key, job_id, entry_id, held_key, false, 'waiting for the rate limit: ' ..
+        gate[5] .. (gate[2] ~= '' and (' per ' .. gate[2]) or ''), now)
+      -- The first round is let go just before the next start is free (see promote.lua).
+      redis.call('ZADD', queue_key(job_key, GATES_SUFFIX), 'NX',
+        string.format('%d', math.max(tat - EARLY_MS, n)), held_key)
       return false
     end
-    local next_tat = math.max(tat, tonumber(now)) + gate[1]
-    redis.call('HSET', key, 'tat', string.format('%.3f', next_tat), 'interval', gate[1])
-    redis.call('PEXPIRE', key, math.ceil(next_tat - tonumber(now) + gate[1]) + 60000)
-    if redis.call('LLEN', held_key) > 0 then  -- the next held one goes just before its turn
-      redis.call('ZADD', queue_key(job_key, GATES_SUFFIX),
-        string.format('%d', next_tat - early_ms(gate[1])), held_key)
-    end
+    local next_tat = math.max(tat, n) + gate[1]
+    redis.call('HSET', key, 'tat', string.format('%.3f', next_tat), 'interval', gate[1],
+      'round', round_size(gate[1]))
+    redis.call('PEXPIRE', key, math.ceil(next_tat - n + RATE_ROUND_MS + gate[1]) + 60000)
   end
   if slot then
     redis.call('SADD', slot, job_id)
     redis.call('HSET', job_key, 'slot', slot, 'on_end', '1')  -- `job_ended` frees it
   end
-  if released and released ~= '' then redis.call('HSET', job_key, 'released', '', 'message', '') end
+  if released and released ~= '' then
+    redis.call('HSET', job_key, 'released', '', 'turn', '', 'message', '')
+  end
   return true
 end
 
@@ -126,7 +131,7 @@ local function start_job(jobs_key, events_key, job_key, job_events_key, entry_id
   check_transition(status, RUNNING)
   local gate = gates and gates[j[3]]
   if gate then
-    local passed = pass_gates(jobs_key, job_key, entry_id, j, gate, now)
+    local passed = pass_gates(jobs_key, job_key, j[7], entry_id, j, gate, now)
     if passed == false then return {'skipped', 'held'} end
     if passed ~= true then return {'skipped', 'early', string.format('%d', passed)} end
   end
