@@ -22,9 +22,10 @@ if retry then
   local due = now + tonumber(ARGV[9])
   redis.call('HSET', KEYS[3], 'status', SCHEDULED, 'error', ARGV[7], 'due_at', tostring(due),
     'updated_at', tostring(now))
-  redis.call('ZADD', KEYS[5], due, redis.call('HGET', KEYS[3], 'id'))
+  local f = redis.call('HMGET', KEYS[3], 'id', 'slot')
+  redis.call('ZADD', KEYS[5], due, f[1])
   end_delivery(KEYS[1], ARGV[5])
-  free_slot(KEYS[3], redis.call('HGET', KEYS[3], 'slot'))  -- it runs nowhere while it waits
+  free_slot(KEYS[3], f[1], f[2])  -- it runs nowhere while it waits
   emit(KEYS[2], KEYS[3], KEYS[4], JOB_RETRYING,
     {error = ARGV[7], due_at = due, delay_ms = tonumber(ARGV[9]), attempts_used = used})
   return {'retrying', due}

@@ -42,7 +42,8 @@ end
 -- rate's period holds more than its count. Returns true when it may start, false when it
 -- was held, or the ms it is to wait at its consumer for its booked turn.
 local function pass_gates(jobs_key, job_key, job_id, entry_id, j, gate, now)
-  local base = string.sub(job_key, 1, -(#job_id + 6)) .. GATE_SUFFIX  -- less ':job:<id>'
+  local queue = job_base(job_key, job_id)
+  local base = queue .. GATE_SUFFIX
   local released = redis.call('HGET', job_key, 'released')
   local slot
   if gate[3] > 0 then
@@ -79,7 +80,7 @@ local function pass_gates(jobs_key, job_key, job_id, entry_id, j, gate, now)
       hold(jobs_key, job_key, job_id, entry_id, held_key, false, 'waiting for the rate limit: ' ..
         gate[5] .. (gate[2] ~= '' and (' per ' .. gate[2]) or ''), now)
       -- The first round is let go just before the next start is free (see promote.lua).
-      redis.call('ZADD', queue_key(job_key, GATES_SUFFIX), 'NX',
+      redis.call('ZADD', queue .. GATES_SUFFIX, 'NX',
         string.format('%d', math.max(tat - EARLY_MS, n)), held_key)
       return false
     end
