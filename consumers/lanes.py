@@ -132,20 +132,7 @@ class Lanes:
                     await pause(self.stopping, PAUSE_POLL_S)
                     continue
                 entries = await self.fetch(free)
-                early: list[Early] = []
-                started = await self.producer.start(
-                    self.queue,
-                    entries,
-                    self.consumer,
-                    traced=tracing.active(),
-                    gates=self.worker.gates,
-                    early=early,
-                )
-                for delivery in started:
-                    self.spawn(delivery)
-                self.start_later(early)
-                if len(started) < len(entries):  # some skipped: perhaps held at a gate
-                    self.worker.delayed_changed.set()
+                await self.start_read(entries)
                 if not entries and self.worker.burst and await self.drained():
                     break
                 # Work came, or the read timed out: the lanes take once either way. Jobs in
@@ -227,6 +214,25 @@ class Lanes:
 
         task.add_done_callback(forget)
 
+    async def start_read(self, entries: list[tuple[str, str]]) -> None:
+        """Start the jobs of entries this consumer read (`Producer.start`) and run each. A
+        job a rate gate let go for its turn is started when it comes (`start_later`); one
+        held at a gate wakes the promote loop, which lets the gate's held jobs go."""
+        early: list[Early] = []
+        started = await self.producer.start(
+            self.queue,
+            entries,
+            self.consumer,
+            traced=tracing.active(),
+            gates=self.worker.gates,
+            early=early,
+        )
+        for delivery in started:
+            self.spawn(delivery)
+        self.start_later(early)
+        if len(started) < len(entries):  # some skipped: perhaps held at a gate
+            self.worker.delayed_changed.set()
+
     def start_later(self, early: list[Early]) -> None:
         """Start the jobs a rate gate let go just before their turn once it comes (their
         entries are this consumer's meanwhile: if it dies, the reclaim queues them again)."""
@@ -242,20 +248,7 @@ class Lanes:
             # job is let go early again, for what is left (at 20/s: 52 ms between starts at
             # the median without this, 51 with it).
             await asyncio.sleep(max(0, job.wait_ms - 1) / 1000)
-            early: list[Early] = []
-            started = await self.producer.start(
-                self.queue,
-                [(job.entry_id, job.job_id)],
-                self.consumer,
-                traced=tracing.active(),
-                gates=self.worker.gates,
-                early=early,
-            )
-            for delivery in started:
-                self.spawn(delivery)
-            self.start_later(early)  # its turn was taken meanwhile: wait again
-            if not started:
-                self.worker.delayed_changed.set()
+            await self.start_read([(job.entry_id, job.job_id)])  # early again: waits again
         except RedisError as exc:  # its entry stays pending: the reclaim queues it again
             logger.warning("could not start job %s (%s)", job.job_id, describe(exc))
         finally:
