@@ -82,7 +82,10 @@ def gateway(
         )
         if as_deployed:
             env.update(
-                CONVEYOR_HOST="127.0.0.1", CONVEYOR_PORT=str(port), CONVEYOR_LOG_LEVEL="warning"
+                CONVEYOR_HOST="127.0.0.1",
+                CONVEYOR_PORT=str(port),
+                CONVEYOR_LOG_LEVEL="warning",
+                CONVEYOR_ACCESS_LOG="true" if access_log else "false",
             )
             argv = [sys.executable, "-m", "conveyor.cli", "gateway"]
         else:

@@ -331,7 +331,17 @@ class Hub:
             if len(entries) >= min(BATCH, self.settings.events_maxlen):
                 await self._refill_if_trimmed(queue, entries[0][0])
             now_ms = time.time() * 1000
-            for entry_id, fields in entries:
+            if not self._jobs and not self._tenants:
+                # Nobody to hand them to: no event is parsed (a gateway taking submits and
+                # serving no SSE read each of its own submits' events back, for nothing).
+                # The lag is the last entry's, by its id's milliseconds.
+                last = entries[-1][0]
+                self.positions[queue] = last
+                self.metrics.hub_lag.set(max(0.0, now_ms - int(last.partition("-")[0])) / 1000)
+                readable = []
+            else:
+                readable = entries
+            for entry_id, fields in readable:
                 # The position moves past every entry, readable or not: an entry that raised
                 # here was once read again, and again, holding back everything after it.
                 self.positions[queue] = entry_id
