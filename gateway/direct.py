@@ -23,6 +23,7 @@ import logging
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import to_json
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -46,8 +47,10 @@ def _good_key(value: bytes | None) -> bool:
 
 
 def dumps(value: Any) -> bytes:
-    # As Starlette's JSONResponse renders, so both paths answer byte for byte alike.
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    # pydantic-core's encoder: compact UTF-8 as Starlette's JSONResponse renders, several
+    # times faster than json's on a bulk answer's thousand jobs. The values are already
+    # JSON's (model_dump(mode="json")), so only the spelling of a float may differ.
+    return to_json(value)
 
 
 class DirectRoutes:
