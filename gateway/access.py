@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 from gateway.auth import FIREHOSE_SCOPE, job_scope
@@ -34,18 +35,38 @@ def resource(gw: Gateway, job: Job) -> JobResource:
         ArtifactResource(**a.model_dump(), url=f"{path}/artifacts/{quote(a.name, safe='')}")
         for a in job.artifacts
     ]
-    # What the worker applies where the submit left them unset: the handler's declaration,
-    # else the settings' defaults (as this gateway knows them).
+    return JobResource(
+        **{**job.model_dump(), "artifacts": artifacts, **_effective(gw, job)}, links=links
+    )
+
+
+def resource_json(gw: Gateway, job: Job) -> dict[str, Any]:
+    """`resource(gw, job)` as its JSON (`model_dump(mode="json", by_alias=True)`), built
+    from the job's own dump without a second model: what `POST /v1/jobs` answers with."""
+    path = job_path(job.id)
+    data = job.model_dump(mode="json")
+    if job.artifacts:
+        data["artifacts"] = [
+            {**a, "url": f"{path}/artifacts/{quote(a['name'], safe='')}"} for a in data["artifacts"]
+        ]
+    data.update(_effective(gw, job))
+    token = gw.tokens.issue(job_scope(job.id), job.tenant)
+    data["links"] = {"self": path, "events": f"{path}/events?token={token}"}
+    return data
+
+
+def _effective(gw: Gateway, job: Job) -> dict[str, Any]:
+    """What the worker applies where the submit left them unset: the handler's declaration,
+    else the settings' defaults (as this gateway knows them)."""
     declared = gw.job_types.get(job.type)
-    effective = {
-        "max_attempts": job.max_attempts
-        or (declared and declared.max_tries)
-        or gw.settings.max_attempts,
-        "timeout_s": job.timeout_s
-        or (declared and declared.timeout_s)
-        or gw.settings.job_timeout_s,
+    return {
+        "max_attempts": int(
+            job.max_attempts or (declared and declared.max_tries) or gw.settings.max_attempts
+        ),
+        "timeout_s": float(
+            job.timeout_s or (declared and declared.timeout_s) or gw.settings.job_timeout_s
+        ),
     }
-    return JobResource(**{**job.model_dump(), "artifacts": artifacts, **effective}, links=links)
 
 
 def page_links(gw: Gateway, tenant: str) -> PageLinks:

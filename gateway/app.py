@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from gateway import errors
 from gateway.auth import ApiKeys, EventTokens
 from gateway.deps import Gateway
+from gateway.direct import DirectRoutes
 from gateway.limits import BodyLimit
 from gateway.metrics import Metrics
 from gateway.payloads import JobType, JobTypes
@@ -93,6 +94,12 @@ def create_app(
         BodyLimit,
         max_bytes=settings.max_payload_bytes,
         per_path={"/v1/jobs/bulk": settings.max_bulk_bytes},
+    )
+    # Outermost: a well-formed submit is served before the chain; see gateway/direct.py.
+    app.add_middleware(
+        DirectRoutes,
+        max_bytes=settings.max_payload_bytes,
+        max_bulk_bytes=settings.max_bulk_bytes,
     )
     app.include_router(jobs.router)
     app.include_router(events.router)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -38,6 +38,7 @@ from schemas.errors import (
 from schemas.strict_json import MAX_JSON_DEPTH
 
 log = logging.getLogger("conveyor.gateway")
+Handler = Callable[[Request, Exception], Awaitable[JSONResponse]]
 
 
 class RedisUnavailable(ConveyorError):
@@ -197,11 +198,26 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     return error(500, "internal", "internal error")
 
 
+HANDLERS: dict[type[Exception], Handler] = {
+    RequestValidationError: _validation,
+    HTTPException: _http,
+    ConveyorError: _conveyor,
+    RedisConnectionError: _redis_down,
+    RedisTimeoutError: _redis_down,
+    ResponseError: _redis_refused,
+    Exception: _unexpected,
+}
+
+
+def handler_for(exc: Exception) -> Handler:
+    """The handler `install` gives FastAPI for this exception (the nearest class of it), for
+    code in front of the app that answers as the app would (gateway.direct)."""
+    for cls in type(exc).__mro__:
+        if cls in HANDLERS:
+            return HANDLERS[cls]
+    return _unexpected
+
+
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(RequestValidationError, _validation)
-    app.add_exception_handler(HTTPException, _http)
-    app.add_exception_handler(ConveyorError, _conveyor)
-    app.add_exception_handler(RedisConnectionError, _redis_down)
-    app.add_exception_handler(RedisTimeoutError, _redis_down)
-    app.add_exception_handler(ResponseError, _redis_refused)
-    app.add_exception_handler(Exception, _unexpected)
+    for cls, handler in HANDLERS.items():
+        app.add_exception_handler(cls, handler)

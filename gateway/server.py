@@ -44,6 +44,7 @@ def serve(app: FastAPI, settings: Settings) -> None:
         # Logging is configured by the caller (`conveyor gateway`: JSON lines, see
         # conveyor/logs.py); uvicorn's records propagate to it instead of its own handlers.
         log_config=None,
+        access_log=settings.access_log,
     )
     sock = listening_socket(settings.host, settings.port, settings.sse_send_buffer_bytes)
     with sock:

@@ -85,7 +85,9 @@ class Flows:
                 trace=trace,
             )
 
-        created, root_id = await store.scripts.run("submit", *call(request, None, idempotency_key))
+        created, root_id, *_ = await store.scripts.run(
+            "submit", *call(request, None, idempotency_key)
+        )
         if int(created) < 0:
             raise IdempotencyConflict(idempotency_key or "")
         if int(created) != 1:  # an earlier submit with this key, or the cache: nothing new

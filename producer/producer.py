@@ -31,7 +31,7 @@ from schemas.keys import (
     QueueKeys,
     limit_key,
 )
-from schemas.models import Artifact, SubmitRequest
+from schemas.models import Artifact, CallbackState, Job, SubmitRequest
 from schemas.priority import DEFAULT_PRIORITY
 from schemas.rates import Rate
 from schemas.schedules import Schedule, schedule_key
@@ -87,6 +87,9 @@ class Submitted:
     queue: str
     created: bool  # False: an earlier job with the same Idempotency-Key was returned
     cached: bool = False  # an earlier job that did the same work (`cache_ttl_s`) was returned
+    # The new job's snapshot as the script wrote it, for a job created without children
+    # (None otherwise: an earlier job, or a flow's root, is read back with `get`).
+    job: Job | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,10 +210,45 @@ class Producer(Reads):
         if request.children:
             return await self.flows.submit(request, tenant, idempotency_key, count_active, trace)
         call = self._submit_call(request, tenant, idempotency_key, count=count_active, trace=trace)
-        created, job_id = await self.scripts.run("submit", *call)
-        if int(created) < 0:
+        reply = await self.scripts.run("submit", *call)
+        if int(reply[0]) < 0:
             raise IdempotencyConflict(idempotency_key or "")
-        return Submitted(job_id, request.queue, int(created) == 1, cached=int(created) == 2)
+        return self._submitted(request, tenant, reply)
+
+    def _submitted(self, request: SubmitRequest, tenant: str, reply: list[Any]) -> Submitted:
+        """What the submit script's reply says: for a job it created, `{1, id, created_at,
+        last_event_id}`, its snapshot, built from those and the request as submit.lua
+        writes its hash (no read-back)."""
+        created, job_id = int(reply[0]), reply[1]
+        if created != 1:
+            return Submitted(job_id, request.queue, False, cached=created == 2)
+        created_at = int(reply[2])
+        delay_ms = int(request.delay_s * 1000)
+        # Every value is already of its field's type (the request was validated): no
+        # second validation (a bulk submit builds a thousand of these). The fields with a
+        # default factory are given too: model_construct inspects a factory's signature
+        # each time it calls one, which cost more than validating.
+        job = Job.model_construct(
+            artifacts=[],
+            steps=[],
+            id=job_id,
+            queue=request.queue,
+            type=request.type,
+            status=JobStatus.SCHEDULED if delay_ms > 0 else JobStatus.QUEUED,
+            tenant=tenant,
+            priority=request.priority,
+            max_attempts=request.max_attempts,
+            timeout_s=request.timeout_s,
+            payload=request.payload,
+            created_at=created_at,
+            updated_at=created_at,
+            due_at=created_at + delay_ms if delay_ms > 0 else None,
+            last_event_id=reply[3],
+            callback=CallbackState(url=request.callback_url, status="waiting")
+            if request.callback_url
+            else None,
+        )
+        return Submitted(job_id, request.queue, True, job=job)
 
     async def submit_many(
         self,
@@ -222,19 +260,34 @@ class Producer(Reads):
     ) -> list[str]:
         """Submit in one round trip (benchmarks, bulk loads); a flow among them in its own
         (one per level). Returns the job ids. Every job keeps the same `trace`."""
-        ids: dict[int, str] = {}
+        submitted = await self.submit_each(
+            requests, tenant=tenant, count_active=count_active, trace=trace
+        )
+        return [s.job_id for s in submitted]
+
+    async def submit_each(
+        self,
+        requests: Sequence[SubmitRequest],
+        *,
+        tenant: str = "",
+        count_active: bool = False,
+        trace: str = "",
+    ) -> list[Submitted]:
+        """`submit_many`, answering as `submit` does for each job: with its snapshot, for
+        each one without children."""
+        done: dict[int, Submitted] = {}
         for i, request in enumerate(requests):
             if request.children:
-                flow = await self.flows.submit(request, tenant, None, count_active, trace)
-                ids[i] = flow.job_id
-        singles = [(i, r) for i, r in enumerate(requests) if i not in ids]
+                done[i] = await self.flows.submit(request, tenant, None, count_active, trace)
+        singles = [(i, r) for i, r in enumerate(requests) if i not in done]
         calls: list[Call] = [
             ("submit", *self._submit_call(r, tenant, None, count=count_active, trace=trace))
             for _, r in singles
         ]
         replies = await self.scripts.run_many(calls) if calls else []
-        ids.update((i, job_id) for (i, _), (_, job_id) in zip(singles, replies, strict=True))
-        return [ids[i] for i in range(len(requests))]
+        for (i, request), reply in zip(singles, replies, strict=True):
+            done[i] = self._submitted(request, tenant, reply)
+        return [done[i] for i in range(len(requests))]
 
     def _submit_call(
         self,

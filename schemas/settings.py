@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"] = (
         "INFO"
     )
+    # The gateway logs a line per request (uvicorn's access log, at INFO); off saves a
+    # submit a record's cost where a proxy in front logs requests already.
+    access_log: bool = True
     # Consumers serve Prometheus metrics on this port when set (0 or unset: off).
     worker_metrics_port: int | None = None
 

@@ -6,7 +6,8 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
@@ -82,11 +83,37 @@ async def submit(
 ) -> Any:
     """A `traceparent` header (W3C Trace Context) makes the job's spans part of the
     caller's trace (README, "Tracing")."""
-    settings = gw.settings
     if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         return _bad_header("Idempotency-Key", "must be 1-255 visible ASCII characters")
+    answer = await submit_job(gw, body, tenant, idempotency_key, request.headers)
+    response.status_code = answer.status_code
+    response.headers.update(answer.headers)
+    return resource(gw, answer.job)
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitAnswer:
+    """What `POST /v1/jobs` answers, before it is rendered (here, or by gateway.direct)."""
+
+    job: Job
+    status_code: int
+    headers: dict[str, str]
+
+
+async def submit_job(
+    gw: Gateway,
+    body: SubmitRequest,
+    tenant: str,
+    idempotency_key: str | None,
+    headers: Mapping[str, str],
+) -> SubmitAnswer:
+    """`POST /v1/jobs` once its body, key and header are known good: raises what the
+    exception handlers (gateway.errors) answer."""
+    settings = gw.settings
+    status_code = 202
+    answer_headers: dict[str, str] = {}
     name = f"submit {body.type}"
-    with tracing.submitting(name, request.headers, {tracing.JOB_TYPE: body.type}) as traced:
+    with tracing.submitting(name, headers, {tracing.JOB_TYPE: body.type}) as traced:
         body = _accepted(gw, body, tenant)
         try:
             async with redis_deadline(settings.redis_timeout_s):
@@ -102,23 +129,23 @@ async def submit(
                         count_active=quota,
                         trace=traced.trace,
                     )
-                    job = await gw.producer.get(submitted.queue, submitted.job_id)
+                    job = submitted.job or await gw.producer.get(submitted.queue, submitted.job_id)
                     if submitted.created:
                         gw.metrics.submits.labels(body.type).inc()
                     if body.cache_ttl_s:
-                        response.headers[CACHE_HEADER] = "hit" if submitted.cached else "miss"
+                        answer_headers[CACHE_HEADER] = "hit" if submitted.cached else "miss"
                     if submitted.cached:  # an earlier job's result: nothing was accepted to run
-                        response.status_code = 200
+                        status_code = 200
         except RedisUnavailable as exc:
             # The script may have run before the answer was lost: say so, and how to find out.
             raise RedisUnavailable(f"{exc}; {MAYBE_CREATED}") from exc
         if job is None:  # expired between the two calls: vanishingly rare, and retryable
             raise RedisUnavailable(f"the job disappeared while it was being read; {MAYBE_CREATED}")
         traced.created([body], job.id)
-    response.headers["Location"] = job_path(job.id)
+    answer_headers["Location"] = job_path(job.id)
     if idempotency_key is not None:
-        response.headers["Idempotency-Key"] = idempotency_key
-    return resource(gw, job)
+        answer_headers["Idempotency-Key"] = idempotency_key
+    return SubmitAnswer(job, status_code, answer_headers)
 
 
 async def _within_quota(gw: Gateway, tenant: str, jobs: int) -> bool:
@@ -161,24 +188,50 @@ async def submit_bulk(body: BulkSubmit, gw: GatewayDep, tenant: Tenant, request:
     one that `POST /v1/jobs` would refuse gets its error in its place, and the rest are
     submitted. A `503` means none is known to have been created. Every job keeps the
     request's trace context, as `POST /v1/jobs` does."""
-    with tracing.submitting("submit bulk", request.headers, {}) as traced:
+    items = await submit_items(gw, body, tenant, request.headers)
+    return BulkResult(
+        results=[
+            BulkItem(
+                status=item.status,
+                job=resource(gw, item.job) if item.job is not None else None,
+                error=item.error,
+            )
+            for item in items
+        ]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ItemAnswer:
+    """One bulk item's answer, before it is rendered: a job, or an error body."""
+
+    status: int
+    job: Job | None = None
+    error: dict[str, Any] | None = None
+
+
+async def submit_items(
+    gw: Gateway, body: BulkSubmit, tenant: str, headers: Mapping[str, str]
+) -> list[ItemAnswer]:
+    """`POST /v1/jobs/bulk` once its body is known good."""
+    with tracing.submitting("submit bulk", headers, {}) as traced:
         results = await _submit_items(gw, body, tenant, traced)
-    return BulkResult(results=[item for item in results if item is not None])
+    return [item for item in results if item is not None]
 
 
 async def _submit_items(
     gw: Gateway, body: BulkSubmit, tenant: str, traced: tracing.Submit
-) -> list[BulkItem | None]:
-    results: list[BulkItem | None] = [None] * len(body.jobs)
+) -> list[ItemAnswer | None]:
+    results: list[ItemAnswer | None] = [None] * len(body.jobs)
     accepted: list[tuple[int, SubmitRequest]] = []
     for i, raw in enumerate(body.jobs):
         try:
             accepted.append((i, _accepted(gw, SubmitRequest.model_validate(raw), tenant)))
         except ValidationError as exc:
-            results[i] = BulkItem(status=422, error=validation_body(exc.errors(), ["jobs", i]))
+            results[i] = ItemAnswer(status=422, error=validation_body(exc.errors(), ["jobs", i]))
         except ConveyorError as exc:
             status, error_body = conveyor_error_body(exc)
-            results[i] = BulkItem(status=status, error=error_body)
+            results[i] = ItemAnswer(status=status, error=error_body)
     quota = gw.settings.tenant_max_active is not None
     if accepted and quota:
         accepted = await _within_bulk_quota(gw, tenant, accepted, results)
@@ -186,20 +239,23 @@ async def _submit_items(
         requests = [request for _, request in accepted]
         try:
             async with redis_deadline(gw.settings.redis_timeout_s):
-                job_ids = await gw.producer.submit_many(
+                submitted = await gw.producer.submit_each(
                     requests, tenant=tenant, count_active=quota, trace=traced.trace
                 )
-                jobs = await gw.producer.get_many(
-                    [(r.queue, job_id) for r, job_id in zip(requests, job_ids, strict=True)]
-                )
+                # A flow's root is read back; a plain job's snapshot came with its submit.
+                unread = [s for s in submitted if s.job is None]
+                read = await gw.producer.get_many([(s.queue, s.job_id) for s in unread])
         except RedisUnavailable as exc:
             raise RedisUnavailable(f"{exc}; some of the jobs may have been created") from exc
-        for (i, request), job in zip(accepted, jobs, strict=True):
-            gw.metrics.submits.labels(request.type).inc()
+        found = {s.job_id: job for s, job in zip(unread, read, strict=True)}
+        counted = gw.metrics.submits
+        for (i, request), done in zip(accepted, submitted, strict=True):
+            job = done.job or found.get(done.job_id)
+            counted.labels(request.type).inc()
             results[i] = (
-                BulkItem(status=202, job=resource(gw, job))
+                ItemAnswer(status=202, job=job)
                 if job is not None
-                else BulkItem(status=503, error={"error": "unavailable", "message": "expired"})
+                else ItemAnswer(status=503, error={"error": "unavailable", "message": "expired"})
             )
         traced.created(requests)
     return results
@@ -209,7 +265,7 @@ async def _within_bulk_quota(
     gw: Gateway,
     tenant: str,
     accepted: list[tuple[int, SubmitRequest]],
-    results: list[BulkItem | None],
+    results: list[ItemAnswer | None],
 ) -> list[tuple[int, SubmitRequest]]:
     """The items that fit in the tenant's quota, in order; each one past it gets its 429."""
     limit = gw.settings.tenant_max_active
@@ -226,7 +282,7 @@ async def _within_bulk_quota(
                 tenant, active, limit, gw.settings.tenant_quota_retry_after_s
             )
             status, error_body = conveyor_error_body(over)
-            results[i] = BulkItem(status=status, error=error_body)
+            results[i] = ItemAnswer(status=status, error=error_body)
     return fitting
 
 

@@ -22,7 +22,9 @@
 -- ARGV[23] the submit's trace context, `traceparent[ tracestate]` ('' for none)
 -- ARGV[24] its priority, 0-9 (DEFAULT_PRIORITY when not given)
 -- ARGV[25..] its children, as pairs: child id, child queue
--- Returns {1, job_id} when created, {0, existing_job_id} for a repeated Idempotency-Key,
+-- Returns {1, job_id, created_at, last_event_id} when created (the caller builds the new
+-- job's snapshot from these and what it sent, without reading the hash back),
+-- {0, existing_job_id} for a repeated Idempotency-Key,
 -- {2, cached_job_id} when the cache names a job that succeeded (nothing created), {-1, ''}
 -- when the key names another tenant's job (nothing written).
 --@include common
@@ -116,4 +118,4 @@ end
 redis.call('ZADD', KEYS[7], now, job_id)
 -- The index outlives no job: ids older than the retention have expired hashes.
 redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - RETENTION_S * 1000)
-return {1, job_id}
+return {1, job_id, ts, id}
