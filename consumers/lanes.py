@@ -214,44 +214,63 @@ class Lanes:
 
         task.add_done_callback(forget)
 
-    async def start_read(self, entries: list[tuple[str, str]]) -> None:
+    async def start_read(
+        self, entries: list[tuple[str, str]], reserved: Lane | None = None
+    ) -> None:
         """Start the jobs of entries this consumer read (`Producer.start`) and run each. A
         job a rate gate let go for its turn is started when it comes (`start_later`); one
-        held at a gate wakes the promote loop, which lets the gate's held jobs go."""
+        held at a gate wakes the promote loop, which lets the gate's held jobs go. `reserved`:
+        the lane whose slot a job let go for its turn kept while it waited."""
         early: list[Early] = []
-        started = await self.producer.start(
-            self.queue,
-            entries,
-            self.consumer,
-            traced=tracing.active(),
-            gates=self.worker.gates,
-            early=early,
-        )
+        try:
+            started = await self.producer.start(
+                self.queue,
+                entries,
+                self.consumer,
+                traced=tracing.active(),
+                gates=self.worker.gates,
+                early=early,
+            )
+        finally:
+            if reserved is not None:  # its job runs in it now, or waits again, or neither
+                reserved.busy -= 1
+                reserved.wake.set()
+                self.slot_free.set()
         for delivery in started:
-            self.spawn(delivery)
+            self.spawn(delivery, reserved)
         self.start_later(early)
         if len(started) < len(entries):  # some skipped: perhaps held at a gate
             self.worker.delayed_changed.set()
 
     def start_later(self, early: list[Early]) -> None:
-        """Start the jobs a rate gate let go just before their turn once it comes (their
-        entries are this consumer's meanwhile: if it dies, the reclaim queues them again)."""
+        """Start the jobs a rate gate let go just before their turn once it comes. Each keeps
+        a slot meanwhile, so that with its turn a worker runs no more than its `max_jobs`;
+        and its entry stays this consumer's (if it dies, the reclaim queues the job again)."""
         for job in early:
+            lane = max(self.lanes, key=lambda lane: lane.free)
+            lane.busy += 1
             self.batches_in_flight += 1
-            task = asyncio.create_task(self._start_after(job))
+            task = asyncio.create_task(self._start_after(job, lane))
             self.waiting_to_start.add(task)
             task.add_done_callback(self.waiting_to_start.discard)
 
-    async def _start_after(self, job: Early) -> None:
+    async def _start_after(self, job: Early, lane: Lane) -> None:
+        reserved: Lane | None = lane
         try:
             # A ms short: the trip to Redis takes about that. Arriving before the turn, the
             # job is let go early again, for what is left (at 20/s: 52 ms between starts at
             # the median without this, 51 with it).
             await asyncio.sleep(max(0, job.wait_ms - 1) / 1000)
-            await self.start_read([(job.entry_id, job.job_id)])  # early again: waits again
+            if self.worker.allow_pick_jobs and not self.stopping.is_set():
+                reserved = None  # start_read gives it back
+                await self.start_read([(job.entry_id, job.job_id)], lane)
+            # Else stopping: its entry stays pending, and the reclaim queues the job again.
         except RedisError as exc:  # its entry stays pending: the reclaim queues it again
             logger.warning("could not start job %s (%s)", job.job_id, describe(exc))
         finally:
+            if reserved is not None:
+                reserved.busy -= 1
+                reserved.wake.set()
             self.batches_in_flight -= 1
             self.work_changed.set()
 

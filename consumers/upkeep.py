@@ -53,6 +53,7 @@ class Upkeep:
                 max_deliveries=w.settings.max_deliveries,
                 count=free,
                 traced=tracing.active(),
+                gates=w.gates,
             )
             w.dead_lettered += len(report.dead)
             metrics.labelled(metrics.DEAD_LETTERED, w.queue, "poison").inc(len(report.dead))

@@ -700,11 +700,13 @@ class Producer(Reads):
         max_deliveries: int,
         count: int,
         traced: bool = False,
+        gates: str = "",
     ) -> ReclaimReport:
         """Take over entries idle longer than `min_idle_ms` (their consumer stopped renewing).
         XPENDING finds them; the reclaim script claims each atomically (XCLAIM's idle guard
-        makes concurrent reclaimers safe) and decides: run again, give up, or skip. `traced`
-        as for `start`."""
+        makes concurrent reclaimers safe) and decides: run again, give up, or skip (a job
+        read but never started, of one of the consumer's `gates`' types, waits again).
+        `traced` as for `start`."""
         k = self.keys(queue)
         pending = await self.redis.xpending_range(
             k.jobs, CONSUMER_GROUP, min="-", max="+", count=count, idle=min_idle_ms
@@ -736,6 +738,7 @@ class Producer(Reads):
                     min_idle_ms,
                     max_deliveries,
                     "1" if traced else "",
+                    gates,
                 ],
             )
             for entry_id, job_id in claimable

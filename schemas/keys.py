@@ -21,7 +21,7 @@ CALLBACKS_SUFFIX = ":callbacks"  # a queue's callbacks to deliver (stream): its 
 CALLBACKS_GROUP = "callbacks"
 PAUSED_SUFFIX = ":paused"  # the queue's pause flag: its base and this
 FINISHED_SUFFIX = ":finished:"  # a minute's count of ended jobs: its base, this, the minute
-# Flow control (consumers/gates.py has the why): the queue's ordered backlog (zset), who the
+# Flow control (schemas/gates.py has the why): the queue's ordered backlog (zset), who the
 # jobs stream's backlog belongs to (string), the backlog's fair clock (hash), a gate's keys
 # (its base, this, `rate:` or `run:`, type, key) and the rate gates' release times (zset).
 BACKLOG_SUFFIX = ":backlog"
@@ -143,15 +143,21 @@ class QueueKeys:
 
     @property
     def fair(self) -> str:
-        """Hash: tenant -> the virtual time of its last job in the backlog; `*` -> the
-        virtual time of the last job taken from it (the fair clock)."""
+        """Hash, per priority level: `<tenant>:<priority>` -> the virtual time of the
+        tenant's last job in the backlog; `*<priority>` -> that of the last job taken at that
+        level (its fair clock)."""
         return f"{self.base}{FAIR_SUFFIX}"
 
     def gate(self, kind: str, job_type: str, key: str = "") -> str:
         """A flow-control gate of a job type (and key): `rate` (hash: `tat` the next free
-        start in ms, `interval` in ms) or `run` (set: the ids of its jobs running). Its
-        held jobs wait in the list at this and `:held`."""
-        return f"{self.base}{GATE_SUFFIX}{kind}:{job_type}:{key}"
+        start in ms, `interval` in ms, `booked` the last turn given, `round` how many to let
+        go at once) or `run` (set: the ids of its jobs running). The type's length keeps
+        gates apart whatever `:` the type and key hold (`gate_key` in the scripts)."""
+        return f"{self.base}{GATE_SUFFIX}{kind}:{len(job_type)}:{job_type}:{key}"
+
+    def held(self, kind: str, job_type: str, key: str = "") -> str:
+        """List: the jobs a gate holds, in the order they go."""
+        return f"{self.base}{GATE_SUFFIX}{kind}-held:{len(job_type)}:{job_type}:{key}"
 
     @property
     def gates(self) -> str:

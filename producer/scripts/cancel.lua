@@ -31,8 +31,11 @@ elseif status == WAITING then
     'reason', ARGV[5])
 else
   -- Not yet delivered: deleting the entry means no consumer ever sees it. Delivered but not
-  -- started: its consumer's start finds the job cancelled and skips it.
+  -- started: its consumer's start finds the job cancelled and skips it. Waiting in the
+  -- ordered backlog, or at a gate: it leaves them.
   end_delivery(KEYS[1], j[2])
+  redis.call('ZREM', job_base(KEYS[3], j[3]) .. BACKLOG_SUFFIX, j[3])
+  leave_gates(KEYS[3], j[3])
 end
 local now = tostring(now_ms())
 redis.call('HSET', KEYS[3], 'status', CANCELLED, 'error', ARGV[5], 'finished_at', now,

@@ -28,7 +28,7 @@ end
 -- do not all wake to find it spent.
 local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
 for _, held_key in ipairs(due) do
-  local gate = string.sub(held_key, 1, -6)  -- less ':held'
+  local gate = string.gsub(held_key, ':gate:(%a+)%-held:', ':gate:%1:', 1)
   local g = redis.call('HMGET', gate, 'interval', 'round')
   local interval, round = tonumber(g[1]) or 1000, tonumber(g[2]) or 1
   local released = 0

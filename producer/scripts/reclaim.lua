@@ -6,6 +6,7 @@
 -- KEYS[5] dead-letter stream
 -- ARGV[5] entry id  ARGV[6] consumer  ARGV[7] min idle ms  ARGV[8] max deliveries
 -- ARGV[9] '1' to return the job's trace context too ('' not)
+-- ARGV[10] the consumer's gated job types, JSON (see `start_job`), '' for none
 -- Returns {'running', attempt, type, payload, timeout_s, children[, trace]} when this consumer
 -- must run the job now, else {'skipped', reason} or {'dead', deliveries}.
 --@include common
@@ -28,11 +29,14 @@ if not status or j[2] ~= entry_id or TERMINAL[status] then
   return {'skipped', status or 'missing'}
 end
 
-if status == QUEUED and (redis.call('HGET', KEYS[3], 'released') or '') ~= '' then
-  -- A rate gate let it go early, and its consumer died while it waited for its turn: it
-  -- waits again as a queued job does, and meets its gate again. (Any other entry read but
-  -- never started is started here, as below: one that kills each consumer that reads it
-  -- must come to count as poison.)
+local gates = (ARGV[10] or '') ~= '' and cjson.decode(ARGV[10]) or nil
+if status == QUEUED and ((gates and gates[j[3]]) or
+    (redis.call('HGET', KEYS[3], 'released') or '') ~= '') then
+  -- Read but never started, of a gated type (or let go early by a rate gate, its consumer
+  -- dead while it waited for its turn): it waits again as a queued job does, and meets its
+  -- gates again rather than starting past them. (Any other entry read but never started
+  -- is started here, as below: one that kills each consumer that reads it must come to
+  -- count as poison.)
   end_delivery(KEYS[1], entry_id)
   enqueue(KEYS[1], KEYS[3], redis.call('HGET', KEYS[3], 'id'), j[3],
     redis.call('HGET', KEYS[3], 'attempt'))

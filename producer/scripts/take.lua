@@ -114,11 +114,23 @@ for i = 1, #picked, 2 do
   ids[#ids + 1] = job_id
   local job_key = prefix .. job_id
   local j = redis.call('HMGET', job_key, 'type', 'attempt')
-  redis.call('HSET', job_key, 'entry_id', add_entry(KEYS[1], job_id, j[1] or '', j[2] or '0'))
+  if j[1] then  -- else its hash expired meanwhile: nothing to run, nor to write back
+    redis.call('HSET', job_key, 'entry_id', add_entry(KEYS[1], job_id, j[1], j[2] or '0'))
+  end
 end
 redis.call('ZREM', backlog, unpack(ids))
--- The clock moves to the latest job taken: a tenant arriving now queues right behind it.
-local clock = tonumber(redis.call('HGET', base .. FAIR_SUFFIX, ORDERED_LEAD)) or 0
-for i = 2, #picked, 2 do clock = math.max(clock, tonumber(picked[i]) % 1099511627776) end
-redis.call('HSET', base .. FAIR_SUFFIX, ORDERED_LEAD, string.format('%.0f', clock))
+-- Each level's clock moves to the latest job taken there: a tenant arriving now queues right
+-- behind it.
+local clocks = {}
+for i = 2, #picked, 2 do
+  local score = tonumber(picked[i])
+  local field = ORDERED_LEAD .. (9 - math.floor(score / 1099511627776))
+  clocks[field] = math.max(clocks[field] or 0, score % 1099511627776)
+end
+for field, vtime in pairs(clocks) do
+  local clock = tonumber(redis.call('HGET', base .. FAIR_SUFFIX, field)) or 0
+  if vtime > clock then
+    redis.call('HSET', base .. FAIR_SUFFIX, field, string.format('%.0f', vtime))
+  end
+end
 return start_entries(read(#ids))

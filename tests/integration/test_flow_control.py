@@ -18,6 +18,7 @@ from conveyor.embedded_redis import EmbeddedRedis
 from conveyor.process import ManagedProcess
 from producer import Producer
 from schemas import TERMINAL_EVENTS, JobStatus, Settings, SubmitRequest
+from schemas.gates import Gate, gates_argument
 from tests.integration.helpers import Driver, running, until, wait_for_event, wait_for_terminal
 
 # Every event of these tests is kept: a 5,000-job backlog writes 15,000.
@@ -385,3 +386,85 @@ async def test_a_backlog_whose_lead_was_lost_is_still_taken(
     for _ in range(4):
         taken += [d.job_id for d in (await producer.take(q, "c1", 10)).deliveries]
     assert sorted(taken) == sorted(first + second)
+
+
+# --- gates at the script level: what a second review found -----------------------------------
+
+
+def gated(**declared: object) -> str:
+    return gates_argument({"noop": Gate.declare(**declared)})  # type: ignore[arg-type]
+
+
+async def test_a_cap_lets_the_next_go_when_the_one_it_let_go_is_cancelled(
+    driver: Driver, producer: Producer
+) -> None:
+    """max_running=1: J1 runs, J2 and J3 are held; J1's end lets J2 go, and J2 is cancelled
+    before it starts. J3 must not wait forever for a slot nobody holds."""
+    q, cap = driver.queue, gated(max_running=1)
+    await producer.ensure_group(q)
+    _, j2, j3 = await producer.submit_many(jobs(q, 3), tenant="t1")
+    (first,) = (await producer.take(q, "c1", 1, gates=cap)).deliveries
+    assert (await producer.take(q, "c1", 5, gates=cap)).held == 2
+    assert await producer.succeed(first, {})
+    await producer.cancel(q, j2)
+    started = [d.job_id for d in (await producer.take(q, "c1", 5, gates=cap)).deliveries]
+    assert started == [j3]
+
+
+async def test_a_cap_and_a_rate_on_one_type_do_not_hold_each_other_forever(
+    driver: Driver, producer: Producer
+) -> None:
+    """max_running=1 and 1/s: J2, let go by the cap, is held by the rate on its way; when
+    the rate lets it go, the cap must still know it let it go, or both wait forever."""
+    q, both = driver.queue, gated(max_running=1, rate_limit="1/s")
+    await producer.ensure_group(q)
+    _, j2, j3 = await producer.submit_many(jobs(q, 3), tenant="t1")
+    (first,) = (await producer.take(q, "c1", 1, gates=both)).deliveries
+    await producer.take(q, "c1", 5, gates=both)  # J2, J3 held by the cap
+    assert await producer.succeed(first, {})  # lets J2 go, to meet the rate's 1 s
+    assert (await producer.take(q, "c1", 5, gates=both)).held == 1  # held by the rate
+
+    async def second_started() -> bool:
+        await producer.promote(q)
+        taken = await producer.take(q, "c1", 5, gates=both)
+        for early in taken.early:
+            await producer.start(q, [(early.entry_id, early.job_id)], "c1", gates=both)
+        job = await producer.get(q, j2)
+        return job is not None and job.status is JobStatus.RUNNING
+
+    await until(
+        second_started, redis=driver.redis, stream=producer.keys(q).events, timeout_s=5,
+        what="J2's start", pace_ms=50,
+    )  # fmt: skip
+    job = await producer.get(q, j3)
+    assert job is not None and job.status is JobStatus.QUEUED and "free slot" in (job.message or "")
+
+
+async def test_an_entry_read_but_never_started_meets_its_gates_when_reclaimed(
+    driver: Driver, producer: Producer
+) -> None:
+    """A consumer read J2's entry and died before starting it, while J1 holds the only
+    slot: the reclaim queues J2 again rather than starting it past the cap."""
+    q, cap = driver.queue, gated(max_running=1)
+    await producer.ensure_group(q)
+    _, j2 = await producer.submit_many(jobs(q, 2), tenant="t1")
+    await producer.take(q, "c1", 1, gates=cap)
+    assert [job_id for _, job_id in await producer.fetch(q, "c2", 1, 100)] == [j2]
+    report = await producer.reclaim(q, "c3", min_idle_ms=0, max_deliveries=3, count=10, gates=cap)
+    assert j2 not in {d.job_id for d in report.deliveries}
+    job = await producer.get(q, j2)
+    assert job is not None and job.status is JobStatus.QUEUED and job.attempt == 0
+
+
+async def test_a_payload_value_cannot_name_another_gates_keys(
+    driver: Driver, producer: Producer
+) -> None:
+    """`{"account": "x:held"}` once named account x's list of held jobs as its cap's set:
+    the take failed WRONGTYPE with jobs of its batch already started."""
+    q, cap = driver.queue, gated(max_running=1, concurrency_key="payload.account")
+    await producer.ensure_group(q)
+    await producer.submit_many(jobs(q, 2, payload={"account": "x"}), tenant="t1")
+    await producer.take(q, "c1", 2, gates=cap)  # one runs, one is held
+    tricky = await producer.submit_many(jobs(q, 1, payload={"account": "x:held"}), tenant="t1")
+    taken = await producer.take(q, "c1", 5, gates=cap)
+    assert [d.job_id for d in taken.deliveries] == tricky

@@ -135,15 +135,18 @@ end
 -- fair queueing: each tenant's next job gets the virtual time one after the later of the
 -- backlog's clock (the virtual time of the last job taken) and that tenant's own last one.
 -- A tenant with 5,000 jobs waiting has them at clock+1 ... clock+5,000; another tenant's
--- job, arriving now, gets clock+1 and is next but one. `base` is the queue's `conveyor:{q}`.
+-- job, arriving now, gets clock+1 and is next but one. Each priority keeps its own clock
+-- and its own tenants' times (fields `*<priority>` and `<tenant>:<priority>`), so a tenant's
+-- backlog at one level does not push its jobs back at another. `base` is the queue's
+-- `conveyor:{q}`.
 -- The first job in an empty backlog also adds an entry without a job to the jobs stream (unless
 -- `wake` is false): a consumer blocked on XREADGROUP wakes, finds nothing to run in it, and
 -- takes from the backlog.
 local function backlog_add(base, jobs_key, job_id, tenant, priority, wake)
-  local fair = base .. FAIR_SUFFIX
-  local f = redis.call('HMGET', fair, ORDERED_LEAD, tenant)
+  local fair, own = base .. FAIR_SUFFIX, tenant .. ':' .. priority
+  local f = redis.call('HMGET', fair, ORDERED_LEAD .. priority, own)
   local vtime = math.max(tonumber(f[1]) or 0, tonumber(f[2]) or 0) + 1
-  redis.call('HSET', fair, tenant, string.format('%.0f', vtime))
+  redis.call('HSET', fair, own, string.format('%.0f', vtime))
   local backlog = base .. BACKLOG_SUFFIX
   redis.call('ZADD', backlog, backlog_score(priority, vtime), job_id)
   if wake and redis.call('ZCARD', backlog) == 1 then
@@ -182,6 +185,26 @@ local function enqueue(jobs_key, job_key, job_id, job_type, attempt)
   return entry_id
 end
 
+-- A gate's keys (schemas/gates.py has the why): `conveyor:{q}:gate:<kind>:<length of the
+-- type>:<type>:<key>` (`rate`: a hash, `run`: a set), and the list of the jobs it holds, the
+-- same under `<kind>-held`. Type and key are chosen by users and may hold `:`; the type's
+-- length and the list's kind of its own keep any two gates' keys apart (a payload's
+-- `{"account": "x:held"}` once named another account's list).
+local function gate_key(base, kind, job_type, value)
+  return base .. GATE_SUFFIX .. kind .. ':' .. #job_type .. ':' .. job_type .. ':' .. value
+end
+
+local function held_of(gate)
+  local key = string.gsub(gate, ':gate:(%a+):', ':gate:%1-held:', 1)
+  return key
+end
+
+-- The field of a job's hash that says a gate let it go, by the gate's kind: a job let go by
+-- its cap keeps that while a rate gate holds it on the way.
+local function released_field(held_key)
+  return string.find(held_key, ':gate:run-held:', 1, true) and 'released_run' or 'released'
+end
+
 -- Let the first job held at a gate (its list `held_key`) go, back to where it waits to be
 -- taken. Ids of jobs cancelled (or let go otherwise) while held are dropped on the way.
 -- Returns the job's id, or nil when none was held.
@@ -192,7 +215,7 @@ local function release_held(held_key, jobs_key, job_prefix)
     local job_key = job_prefix .. job_id
     local j = redis.call('HMGET', job_key, 'status', 'held', 'type', 'attempt')
     if j[1] == QUEUED and j[2] == held_key then
-      redis.call('HSET', job_key, 'held', '', 'released', held_key, 'message', '')
+      redis.call('HSET', job_key, 'held', '', released_field(held_key), held_key, 'message', '')
       enqueue(jobs_key, job_key, job_id, j[3], j[4])
       return job_id
     end
@@ -205,8 +228,19 @@ local function free_slot(job_key, job_id, slot)
   if slot and slot ~= '' and redis.call('SREM', slot, job_id) == 1 then
     redis.call('HSET', job_key, 'slot', '')
     local base = job_base(job_key, job_id)
-    release_held(slot .. ':held', base .. ':jobs', base .. ':job:')
+    release_held(held_of(slot), base .. ':jobs', base .. ':job:')
   end
+end
+
+-- A queued job leaves without starting (cancelled): a cap that let it go lets the next go
+-- in its place, since that turn would otherwise be lost, and no gate waits on it any more.
+local function leave_gates(job_key, job_id)
+  local f = redis.call('HMGET', job_key, 'released_run')
+  if f[1] and f[1] ~= '' then
+    local base = job_base(job_key, job_id)
+    release_held(f[1], base .. ':jobs', base .. ':job:')
+  end
+  redis.call('HSET', job_key, 'held', '', 'released', '', 'released_run', '', 'turn', '')
 end
 
 -- The job has ended (the caller wrote its terminal status): keep its snapshot, history,

@@ -17,6 +17,9 @@ local function hold(jobs_key, job_key, job_id, entry_id, held_key, first, messag
   redis.call(first and 'LPUSH' or 'RPUSH', held_key, job_id)
   redis.call('HSET', job_key, 'entry_id', '', 'held', held_key, 'released', '', 'turn', '',
     'message', message, 'updated_at', now)
+  if first then  -- back first in line: it is no longer let go by the gate
+    redis.call('HSET', job_key, released_field(held_key), '')
+  end
 end
 
 -- A rate gate lets its held jobs go in rounds, each round the jobs whose turns come in the
@@ -31,7 +34,7 @@ local function round_size(interval)
   return math.max(1, math.min(200, math.floor(RATE_ROUND_MS / interval)))
 end
 
--- Whether a job of a gated type may start now (consumers/gates.py declares the gates):
+-- Whether a job of a gated type may start now (schemas/gates.py declares the gates):
 -- `gate` is {interval ms (0: no rate limit), rate key, max running (0: none), concurrency
 -- key, the rate as written}. A job may pass a gate that holds none, or that let it go
 -- itself: a newcomer does not overtake the jobs held before it. Concurrency is checked
@@ -43,26 +46,31 @@ end
 -- was held, or the ms it is to wait at its consumer for its booked turn.
 local function pass_gates(jobs_key, job_key, job_id, entry_id, j, gate, now)
   local queue = job_base(job_key, job_id)
-  local base = queue .. GATE_SUFFIX
-  local released = redis.call('HGET', job_key, 'released')
+  local r = redis.call('HMGET', job_key, 'released', 'released_run')
+  local released, released_run = r[1], r[2]
   local slot
   if gate[3] > 0 then
-    local key = base .. 'run:' .. j[3] .. ':' .. gate_value(gate[4], j[9], j[4])
+    local key = gate_key(queue, 'run', j[3], gate_value(gate[4], j[9], j[4]))
     if redis.call('SISMEMBER', key, job_id) == 0 then
-      local held_key = key .. ':held'
-      local queue_ahead = released ~= held_key and redis.call('LLEN', held_key) > 0
-      if queue_ahead or redis.call('SCARD', key) >= gate[3] then
-        hold(jobs_key, job_key, job_id, entry_id, held_key, released == held_key,
+      local held_key = held_of(key)
+      local again = released_run == held_key
+      local queue_ahead = not again and redis.call('LLEN', held_key) > 0
+      local free = redis.call('SCARD', key) < gate[3]
+      if queue_ahead or not free then
+        hold(jobs_key, job_key, job_id, entry_id, held_key, again,
           'waiting for a free slot: at most ' ..
           gate[3] .. ' running' .. (gate[4] ~= '' and (' per ' .. gate[4]) or ''), now)
+        -- A free slot with jobs held: the one let go for it never came (its worker died
+        -- between take and start, say). The first held goes now, not never.
+        if free then release_held(held_key, jobs_key, queue .. ':job:') end
         return false
       end
       slot = key
     end
   end
   if gate[1] > 0 then
-    local key = base .. 'rate:' .. j[3] .. ':' .. gate_value(gate[2], j[9], j[4])
-    local held_key = key .. ':held'
+    local key = gate_key(queue, 'rate', j[3], gate_value(gate[2], j[9], j[4]))
+    local held_key = held_of(key)
     local r = redis.call('HMGET', key, 'tat', 'booked')
     local tat, n = tonumber(r[1]) or 0, tonumber(now)
     local again = released == held_key
@@ -93,8 +101,8 @@ local function pass_gates(jobs_key, job_key, job_id, entry_id, j, gate, now)
     redis.call('SADD', slot, job_id)
     redis.call('HSET', job_key, 'slot', slot, 'on_end', '1')  -- `job_ended` frees it
   end
-  if released and released ~= '' then
-    redis.call('HSET', job_key, 'released', '', 'turn', '', 'message', '')
+  if (released and released ~= '') or (released_run and released_run ~= '') then
+    redis.call('HSET', job_key, 'released', '', 'released_run', '', 'turn', '', 'message', '')
   end
   return true
 end
