@@ -17,6 +17,7 @@ from consumers.worker import ConveyorWorker, connect
 from conveyor.embedded_redis import EmbeddedRedis
 from conveyor.process import ManagedProcess
 from producer import Producer
+from producer.producer import Early
 from schemas import TERMINAL_EVENTS, JobStatus, Settings, SubmitRequest
 from schemas.gates import Gate, gates_argument
 from tests.integration.helpers import Driver, running, until, wait_for_event, wait_for_terminal
@@ -424,16 +425,19 @@ async def test_a_cap_and_a_rate_on_one_type_do_not_hold_each_other_forever(
     assert await producer.succeed(first, {})  # lets J2 go, to meet the rate's 1 s
     assert (await producer.take(q, "c1", 5, gates=both)).held == 1  # held by the rate
 
+    waiting: list[Early] = []  # let go for a turn that has not come yet: as a consumer does
+
     async def second_started() -> bool:
         await producer.promote(q)
-        taken = await producer.take(q, "c1", 5, gates=both)
-        for early in taken.early:
-            await producer.start(q, [(early.entry_id, early.job_id)], "c1", gates=both)
+        waiting.extend((await producer.take(q, "c1", 5, gates=both)).early)
+        entries = [(early.entry_id, early.job_id) for early in waiting]
+        waiting.clear()
+        await producer.start(q, entries, "c1", gates=both, early=waiting)
         job = await producer.get(q, j2)
         return job is not None and job.status is JobStatus.RUNNING
 
     await until(
-        second_started, redis=driver.redis, stream=producer.keys(q).events, timeout_s=5,
+        second_started, redis=driver.redis, stream=producer.keys(q).events, timeout_s=10,
         what="J2's start", pace_ms=50,
     )  # fmt: skip
     job = await producer.get(q, j3)
