@@ -26,11 +26,12 @@ from pydantic import ValidationError
 from pydantic_core import to_json
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.access import resource_json
 from gateway.deps import Gateway
 from gateway.errors import HANDLERS, handler_for
+from gateway.limits import replaying
 from gateway.models import BulkSubmit
 from gateway.routes.jobs import IDEMPOTENCY_KEY, submit_items, submit_job
 from schemas.models import SubmitRequest
@@ -95,7 +96,7 @@ class DirectRoutes:
             else:
                 bulk = BulkSubmit.model_validate(data)
         except (ValueError, RecursionError, ValidationError):
-            await self.app(scope, self._replay(body, receive), send)  # FastAPI's 422
+            await self.app(scope, replaying(body, receive), send)  # FastAPI's 422
             return
         key = idempotency_key.decode("latin-1") if idempotency_key is not None else None
         headers = Headers(scope=scope)
@@ -151,16 +152,3 @@ class DirectRoutes:
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    @staticmethod
-    def _replay(body: bytes, receive: Receive) -> Receive:
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return replay

@@ -11,6 +11,21 @@ from gateway.errors import error
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the app `body`, already read whole, then the client's next
+    messages (a disconnect): for a layer that had to read the body before passing it on."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 class BodyLimit:
     def __init__(
         self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None
@@ -46,17 +61,7 @@ class BodyLimit:
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(b"".join(chunks), receive), send)
 
     async def _too_large(self, max_bytes: int, scope: Scope, receive: Receive, send: Send) -> None:
         response = error(413, "payload_too_large", f"request body is over {max_bytes} bytes")
