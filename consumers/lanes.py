@@ -64,9 +64,14 @@ class Lane:
         round trip that writes this one."""
         if running.holds_slot:
             running.holds_slot = False
-            self.busy -= 1
-            self.wake.set()
-            self.slot_free.set()
+            self.give_back()
+
+    def give_back(self) -> None:
+        """A slot of this lane is free again: its loop may take, and the blocking read
+        may read."""
+        self.busy -= 1
+        self.wake.set()
+        self.slot_free.set()
 
 
 class Lanes:
@@ -233,9 +238,7 @@ class Lanes:
             )
         finally:
             if reserved is not None:  # its job runs in it now, or waits again, or neither
-                reserved.busy -= 1
-                reserved.wake.set()
-                self.slot_free.set()
+                reserved.give_back()
         for delivery in started:
             self.spawn(delivery, reserved)
         self.start_later(early)
@@ -269,8 +272,7 @@ class Lanes:
             logger.warning("could not start job %s (%s)", job.job_id, describe(exc))
         finally:
             if reserved is not None:
-                reserved.busy -= 1
-                reserved.wake.set()
+                reserved.give_back()
             self.batches_in_flight -= 1
             self.work_changed.set()
 

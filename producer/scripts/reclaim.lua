@@ -30,16 +30,15 @@ if not status or j[2] ~= entry_id or TERMINAL[status] then
 end
 
 local gates = (ARGV[10] or '') ~= '' and cjson.decode(ARGV[10]) or nil
-if status == QUEUED and ((gates and gates[j[3]]) or
-    (redis.call('HGET', KEYS[3], 'released') or '') ~= '') then
+local q = status == QUEUED and redis.call('HMGET', KEYS[3], 'released', 'id', 'attempt')
+if q and ((gates and gates[j[3]]) or (q[1] or '') ~= '') then
   -- Read but never started, of a gated type (or let go early by a rate gate, its consumer
   -- dead while it waited for its turn): it waits again as a queued job does, and meets its
   -- gates again rather than starting past them. (Any other entry read but never started
   -- is started here, as below: one that kills each consumer that reads it must come to
   -- count as poison.)
   end_delivery(KEYS[1], entry_id)
-  enqueue(KEYS[1], KEYS[3], redis.call('HGET', KEYS[3], 'id'), j[3],
-    redis.call('HGET', KEYS[3], 'attempt'))
+  enqueue(KEYS[1], KEYS[3], q[2], j[3], q[3])
   return {'skipped', 'requeued'}
 end
 local pending = redis.call('XPENDING', KEYS[1], GROUP, entry_id, entry_id, 1)

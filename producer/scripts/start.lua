@@ -34,12 +34,7 @@ for i = 1, #ARGV - 7 do
     -- stream: it goes there too, and the consumer takes in order (a job of a higher
     -- priority, or another tenant's turn, may come first). Not a job a rate gate let go
     -- for its turn: that one was taken in order already, and its consumer starts it now.
-    local j = redis.call('HMGET', job_key, 'status', 'entry_id', 'id', 'tenant', 'priority')
-    end_delivery(KEYS[1], entry_id)
-    if j[1] == QUEUED and j[2] == entry_id then
-      redis.call('HSET', job_key, 'entry_id', '')
-      backlog_add(base, KEYS[1], j[3], j[4] or '', tonumber(j[5]) or DEFAULT_PRIORITY, false)
-    end
+    backlog_move(base, KEYS[1], job_key, entry_id)
     results[i] = {'skipped', 'ordered'}
   else
     results[i] = start_job(KEYS[1], KEYS[2], job_key, KEYS[2 + 2 * i], entry_id, ARGV[5], now,

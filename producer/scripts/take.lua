@@ -88,16 +88,7 @@ end
 -- tenant's earlier ones, so the stream is empty when the backlog's jobs get their entries.
 local moving = read(MOVE_AT_ONCE)
 for _, entry in ipairs(moving) do
-  local entry_id, job_id = entry[1], job_of(entry[2])
-  end_delivery(KEYS[1], entry_id)
-  if job_id and job_id ~= '' then
-    local job_key = prefix .. job_id
-    local j = redis.call('HMGET', job_key, 'status', 'entry_id', 'tenant', 'priority')
-    if j[1] == QUEUED and j[2] == entry_id then
-      redis.call('HSET', job_key, 'entry_id', '')
-      backlog_add(base, KEYS[1], job_id, j[3] or '', tonumber(j[4]) or DEFAULT_PRIORITY, false)
-    end
-  end
+  backlog_move(base, KEYS[1], prefix .. (job_of(entry[2]) or ''), entry[1])
 end
 if #moving == MOVE_AT_ONCE then return {{'', '', 'moving'}} end
 

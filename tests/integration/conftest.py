@@ -10,10 +10,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 
 from conveyor.embedded_redis import EmbeddedRedis
+from conveyor.gateway_app import gateway_app
 from conveyor.process import ManagedProcess, free_port
 from producer import Producer
 from schemas import Settings
@@ -36,6 +40,23 @@ async def driver(
     producer: Producer, redis: aioredis.Redis, queue_name: str
 ) -> AsyncIterator[Driver]:
     yield Driver(producer, redis, queue_name)
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    """The gateway as `conveyor gateway` builds it, with its lifespan, for the module's
+    `settings`."""
+    application = gateway_app(settings)
+    async with LifespanManager(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of `app`, in process (an app's exception is a 500, as served)."""
+    transport = httpx.ASGITransport(app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+        yield http
 
 
 # Worker processes that notice a dead consumer within about a second.

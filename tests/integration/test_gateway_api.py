@@ -59,20 +59,6 @@ async def serving(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.Asyn
 
 
 @pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[FastAPI]:
-    application = gateway_app(settings)
-    async with LifespanManager(application):
-        yield application
-
-
-@pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
-        yield http
-
-
-@pytest.fixture
 def producer(redis: aioredis.Redis, settings: Settings) -> Producer:
     return Producer(redis, settings)
 

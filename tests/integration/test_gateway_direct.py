@@ -37,20 +37,6 @@ def settings(settings_factory: Callable[..., Settings], queue_name: str) -> Sett
 
 
 @pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[FastAPI]:
-    application = gateway_app(settings)
-    async with LifespanManager(application):
-        yield application
-
-
-@pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
-        yield http
-
-
-@pytest.fixture
 async def direct_only(app: FastAPI, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """A client of DirectRoutes alone: whatever it would hand to FastAPI is a 599."""
 

@@ -154,6 +154,19 @@ local function backlog_add(base, jobs_key, job_id, tenant, priority, wake)
   end
 end
 
+-- An entry read from the jobs stream while the queue waits in its ordered backlog (the
+-- stream's leftovers from before the switch, `take`; or what a blocked consumer read, `start`):
+-- the entry ends, and its job, if still queued under it, goes to the backlog behind its own
+-- tenant's earlier ones.
+local function backlog_move(base, jobs_key, job_key, entry_id)
+  end_delivery(jobs_key, entry_id)
+  local j = redis.call('HMGET', job_key, 'status', 'entry_id', 'id', 'tenant', 'priority')
+  if j[1] == QUEUED and j[2] == entry_id then
+    redis.call('HSET', job_key, 'entry_id', '')
+    backlog_add(base, jobs_key, j[3], j[4] or '', tonumber(j[5]) or DEFAULT_PRIORITY, false)
+  end
+end
+
 -- Where a queued job waits, so that priorities and tenants are served as DESIGN says without
 -- a plain queue paying for it. While every waiting job is of one tenant (the `lead`) at the
 -- default priority, the jobs stream's FIFO order is already right: the job gets an entry
