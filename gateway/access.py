@@ -36,35 +36,48 @@ def resource(gw: Gateway, job: Job) -> JobResource:
         for a in job.artifacts
     ]
     return JobResource(
-        **{**job.model_dump(), "artifacts": artifacts, **_effective(gw, job)}, links=links
+        **{
+            **job.model_dump(),
+            "artifacts": artifacts,
+            **_effective(gw, job.type, job.max_attempts, job.timeout_s),
+        },
+        links=links,
     )
 
 
 def resource_json(gw: Gateway, job: Job) -> dict[str, Any]:
     """`resource(gw, job)` as its JSON (`model_dump(mode="json", by_alias=True)`), built
     from the job's own dump without a second model: what `POST /v1/jobs` answers with."""
-    path = job_path(job.id)
-    data = job.model_dump(mode="json")
-    if job.artifacts:
+    return resource_of_dump(gw, job.model_dump(mode="json"))
+
+
+def resource_of_dump(gw: Gateway, data: dict[str, Any]) -> dict[str, Any]:
+    """`resource_json` from the job's dump (`Job.model_dump(mode="json")`, or `FreshJob.dump`
+    for a job just created), which it completes in place."""
+    job_id = data["id"]
+    path = job_path(job_id)
+    if data["artifacts"]:
         data["artifacts"] = [
             {**a, "url": f"{path}/artifacts/{quote(a['name'], safe='')}"} for a in data["artifacts"]
         ]
-    data.update(_effective(gw, job))
-    token = gw.tokens.issue(job_scope(job.id), job.tenant)
+    data.update(_effective(gw, data["type"], data["max_attempts"], data["timeout_s"]))
+    token = gw.tokens.issue(job_scope(job_id), data["tenant"])
     data["links"] = {"self": path, "events": f"{path}/events?token={token}"}
     return data
 
 
-def _effective(gw: Gateway, job: Job) -> dict[str, Any]:
+def _effective(
+    gw: Gateway, job_type: str, max_attempts: int | None, timeout_s: float | None
+) -> dict[str, Any]:
     """What the worker applies where the submit left them unset: the handler's declaration,
     else the settings' defaults (as this gateway knows them)."""
-    declared = gw.job_types.get(job.type)
+    declared = gw.job_types.get(job_type)
     return {
         "max_attempts": int(
-            job.max_attempts or (declared and declared.max_tries) or gw.settings.max_attempts
+            max_attempts or (declared and declared.max_tries) or gw.settings.max_attempts
         ),
         "timeout_s": float(
-            job.timeout_s or (declared and declared.timeout_s) or gw.settings.job_timeout_s
+            timeout_s or (declared and declared.timeout_s) or gw.settings.job_timeout_s
         ),
     }
 

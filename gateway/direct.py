@@ -110,7 +110,7 @@ class DirectRoutes:
                 results = [
                     {
                         "status": item.status,
-                        "job": resource_json(gw, item.job) if item.job is not None else None,
+                        "job": item.resource_json(gw),
                         "error": item.error,
                     }
                     for item in items

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import ValidationError
 
-from gateway.access import job_path, own_job, page_links, resource
+from gateway.access import job_path, own_job, page_links, resource, resource_json, resource_of_dump
 from gateway.artifacts import artifact_url
 from gateway.deps import Gateway, GatewayDep, Tenant
 from gateway.errors import (
@@ -37,6 +37,7 @@ from gateway.models import (
     JobResource,
 )
 from producer import Position
+from producer.fresh import FreshJob
 from schemas import tracing
 from schemas.errors import ConveyorError
 from schemas.models import Event, Job, SubmitRequest
@@ -193,7 +194,7 @@ async def submit_bulk(body: BulkSubmit, gw: GatewayDep, tenant: Tenant, request:
         results=[
             BulkItem(
                 status=item.status,
-                job=resource(gw, item.job) if item.job is not None else None,
+                job=resource(gw, item.snapshot()) if item.job is not None else None,
                 error=item.error,
             )
             for item in items
@@ -203,11 +204,22 @@ async def submit_bulk(body: BulkSubmit, gw: GatewayDep, tenant: Tenant, request:
 
 @dataclass(frozen=True, slots=True)
 class ItemAnswer:
-    """One bulk item's answer, before it is rendered: a job, or an error body."""
+    """One bulk item's answer, before it is rendered: a job (one just created, or read
+    back), or an error body."""
 
     status: int
-    job: Job | None = None
+    job: FreshJob | Job | None = None
     error: dict[str, Any] | None = None
+
+    def snapshot(self) -> Job:
+        assert self.job is not None
+        return self.job.job() if isinstance(self.job, FreshJob) else self.job
+
+    def resource_json(self, gw: Gateway) -> dict[str, Any] | None:
+        """The job's resource as its JSON (`resource_json`), or None."""
+        if isinstance(self.job, FreshJob):  # no model: a bulk's thousand add up
+            return resource_of_dump(gw, self.job.dump())
+        return resource_json(gw, self.job) if self.job is not None else None
 
 
 async def submit_items(
@@ -243,14 +255,14 @@ async def _submit_items(
                     requests, tenant=tenant, count_active=quota, trace=traced.trace
                 )
                 # A flow's root is read back; a plain job's snapshot came with its submit.
-                unread = [s for s in submitted if s.job is None]
+                unread = [s for s in submitted if s.fresh is None]
                 read = await gw.producer.get_many([(s.queue, s.job_id) for s in unread])
         except RedisUnavailable as exc:
             raise RedisUnavailable(f"{exc}; some of the jobs may have been created") from exc
         found = {s.job_id: job for s, job in zip(unread, read, strict=True)}
         counted = gw.metrics.submits
         for (i, request), done in zip(accepted, submitted, strict=True):
-            job = done.job or found.get(done.job_id)
+            job = done.fresh or found.get(done.job_id)
             counted.labels(request.type).inc()
             results[i] = (
                 ItemAnswer(status=202, job=job)

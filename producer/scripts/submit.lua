@@ -28,6 +28,7 @@
 -- {2, cached_job_id} when the cache names a job that succeeded (nothing created), {-1, ''}
 -- when the key names another tenant's job (nothing written).
 --@include common
+--@include create_job
 
 local job_id, queue, job_type, tenant = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local delay_ms = tonumber(ARGV[12])
@@ -70,52 +71,21 @@ if ARGV[14] == '1' then redis.call('SET', KEYS[6], job_id) end
 
 local now = now_ms()
 local ts = tostring(now)
--- A new job's fields are all known here: its event is appended from them and the hash is
--- written once (a read-back `emit` and three HSETs cost a submit 20% more). `wait_field`
--- says where it waits: its entry in the jobs stream, or its due time.
-local status, event, data, wait_field, wait_value = QUEUED, JOB_QUEUED, '{}', 'entry_id', nil
 if children > 0 then
-  status, event, data = WAITING, JOB_WAITING, '{"children":' .. children .. '}'
-  wait_field, wait_value = 'children', tostring(children)
   for i = 25, #ARGV, 2 do
     redis.call('HSET', KEYS[8], ARGV[i], cjson.encode({queue = ARGV[i + 1], status = 'pending'}))
   end
   redis.call('ZADD', KEYS[9], check_at, job_id)
-elseif delay_ms > 0 then
-  local due = tostring(now + delay_ms)
-  status, event, data = SCHEDULED, JOB_SCHEDULED, '{"due_at":' .. due .. '}'
-  wait_field, wait_value = 'due_at', due
-  redis.call('ZADD', KEYS[5], due, job_id)
-else
-  wait_value = route(KEYS[1], KEYS[3], job_id, job_type, 0, tenant, priority)
 end
-local id = append_event(KEYS[2], KEYS[4], event, data,
-  {job_id, queue, job_type, tenant, status, '0'}, ts)
-redis.call('HSET', KEYS[3],
-  'id', job_id, 'queue', queue, 'type', job_type, 'tenant', tenant, 'status', status,
-  'payload', ARGV[9], 'attempt', '0', 'attempt_floor', '0', 'max_attempts', ARGV[10],
-  'timeout_s', ARGV[11], 'progress', '0', 'cancel_requested', '0',
-  'created_at', ts, 'updated_at', ts, 'idem_key', (ARGV[14] == '1') and KEYS[6] or '',
-  wait_field, wait_value, 'last_event_id', id)
-if children > 0 then
-  redis.call('HSET', KEYS[3], 'children_pending', wait_value, 'on_child_failure', policy)
-end
-if parent_id ~= '' then
-  redis.call('HSET', KEYS[3], 'parent_id', parent_id, 'parent_queue', parent_queue)
-end
-if callback ~= '' then redis.call('HSET', KEYS[3], 'callback_url', callback) end
-if priority ~= DEFAULT_PRIORITY then redis.call('HSET', KEYS[3], 'priority', priority) end
--- Written only when given, like the callback: an untraced job costs no more than before.
-if trace ~= '' then redis.call('HSET', KEYS[3], 'trace', trace) end
-if cached == '1' then redis.call('HSET', KEYS[3], 'cache_key', KEYS[10], 'cache_ttl', cache_ttl) end
-if count == '1' then
-  redis.call('INCR', KEYS[11])
-  redis.call('HSET', KEYS[3], 'counted', KEYS[11])  -- `job_ended` counts it out
-end
+local more = nil
 if #KEYS > 7 then
-  redis.call('HSET', KEYS[3], 'on_end', '1')  -- see `job_ended`
+  more = {children = children, policy = policy, parent_id = parent_id,
+    parent_queue = parent_queue, callback = callback,
+    cache_key = (cached == '1') and KEYS[10] or '', cache_ttl = cache_ttl, count = count == '1'}
 end
-redis.call('ZADD', KEYS[7], now, job_id)
--- The index outlives no job: ids older than the retention have expired hashes.
-redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - RETENTION_S * 1000)
+local keys = {jobs = KEYS[1], events = KEYS[2], job = KEYS[3], job_events = KEYS[4],
+  delayed = KEYS[5], tenant_jobs = KEYS[7], tenant_active = KEYS[11]}
+local id = create_job(keys, job_id, queue, job_type, tenant, ARGV[9], ARGV[10], ARGV[11],
+  delay_ms, priority, (ARGV[14] == '1') and KEYS[6] or '', trace, more, now, ts)
+trim_tenant_jobs(KEYS[7], now)
 return {1, job_id, ts, id}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,7 @@ import redis.asyncio as aioredis
 
 from producer import Lease, Producer
 from producer.checks import note_stream_node_size, warn_if_evicting
-from producer.producer import SCRIPT_BATCH
+from producer.producer import SCRIPT_BATCH, SUBMIT_BATCH
 from producer.scripts import library_source
 from schemas import CONSUMER_GROUP, TRANSITIONS, Event, JobStatus, Settings, SubmitRequest
 from schemas.errors import JobNotFound, TransitionRefused
@@ -446,7 +447,7 @@ async def test_pipelined_scripts_are_loaded_again_after_a_flush(
     take with the writes it carries) after Redis lost its scripts, as a restart leaves it:
     the scripts are loaded again and every job is submitted, started and finished exactly
     once."""
-    count = SCRIPT_BATCH + 6  # two script calls in one pipeline
+    count = max(SCRIPT_BATCH, SUBMIT_BATCH) + 6  # two script calls in one pipeline
     await driver.redis.script_flush()
     ids = await producer.submit_many([SubmitRequest(type="noop", queue=driver.queue)] * count)
     assert len(set(ids)) == count
@@ -538,3 +539,66 @@ async def test_a_jobs_trace_context_is_kept_and_given_to_a_consumer_that_asks(
         assert await redis.hget(keys.job(job_id), "trace") == trace
     started = await producer.start(driver.queue, await driver.deliver(), "c1", traced=True)
     assert {d.job_id: d.trace for d in started} == dict.fromkeys(children, trace)
+
+
+# Whatever differs between two jobs made from the same request: their ids and times.
+OWN_FIELDS = {"id", "created_at", "updated_at", "last_event_id", "entry_id", "due_at"}
+DUE_AT = re.compile(r"(?<=\"due_at\":)\d+")
+
+
+async def _as_stored(driver: Driver, producer: Producer, queue: str, job_id: str) -> Any:
+    """A job's hash and its events stream, less what is its own (ids, times)."""
+    job_key = producer.keys(queue).job(job_id)
+    fields = await driver.redis.hgetall(job_key)
+    events = await driver.redis.xrange(producer.keys(queue).job_events(job_id))
+    return (
+        {k: v for k, v in fields.items() if k not in OWN_FIELDS},
+        [{k: DUE_AT.sub("_", v) for k, v in e.items() if k != "ts"} for _, e in events],
+        await driver.redis.ttl(job_key),
+    )
+
+
+async def test_a_bulk_creates_each_job_as_submit_does(driver: Driver, producer: Producer) -> None:
+    """`submit_many` (the bulk script for most, `submit` for a cache lookup, a flow of its
+    own) stores each job exactly as `submit` stores the same request: hash, own events and
+    expiry, and the answer's snapshot equals a read of the hash."""
+    q = driver.queue
+    variants = [
+        SubmitRequest(type="noop", queue=q),
+        SubmitRequest(type="noop", queue=q, payload={"n": [1, "é", None]}, priority=8),
+        SubmitRequest(type="noop", queue=q, delay_s=30, max_attempts=3, timeout_s=1.5),
+        SubmitRequest(type="noop", queue=q, callback_url="https://example.com/hook"),
+        SubmitRequest(type="noop", queue=q, cache_ttl_s=60, payload={"cached": 1}),
+        SubmitRequest(type="noop", queue=q, children=[SubmitRequest(type="noop")]),
+    ]
+    trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    one_by_one = [
+        await producer.submit(r, tenant="t1", count_active=True, trace=trace) for r in variants
+    ]
+    in_bulk = await producer.submit_each(variants, tenant="t1", count_active=True, trace=trace)
+    assert all(s.created for s in in_bulk)
+    for single, bulk in zip(one_by_one, in_bulk, strict=True):
+        assert await _as_stored(driver, producer, q, bulk.job_id) == await _as_stored(
+            driver, producer, q, single.job_id
+        )
+        if bulk.fresh is not None:
+            assert bulk.job == await producer.get(q, bulk.job_id)
+    assert int(await driver.redis.get(producer.keys(q).tenant_active("t1")) or 0) == 2 * 7
+
+
+async def test_a_bulk_keeps_each_queues_order_across_calls(
+    driver: Driver, producer: Producer, redis: aioredis.Redis
+) -> None:
+    """Jobs of two queues, interleaved, more than one bulk call holds: each queue's stream
+    holds its own jobs in the order they were given, each once."""
+    other = f"{driver.queue}-b"
+    requests = [
+        SubmitRequest(type="noop", queue=driver.queue if i % 3 else other, payload={"i": i})
+        for i in range(2 * SUBMIT_BATCH + 50)
+    ]
+    ids = await producer.submit_many(requests, tenant="t1")
+    assert len(set(ids)) == len(requests)
+    for queue in (driver.queue, other):
+        entries = await redis.xrange(producer.keys(queue).jobs)
+        expected = [i for i, r in zip(ids, requests, strict=True) if r.queue == queue]
+        assert [e["job_id"] for _, e in entries] == expected
