@@ -337,3 +337,19 @@ async def test_events_that_cannot_be_encoded_stall_no_other_tenant(
     assert mallory_job_sub.closed and not mallory_job_sub.dropped  # its stream ended
     assert len(mallory) == len(mallory_job) == 0  # skipped, never half-written
     assert hub.metrics.hub_undeliverable._value.get() == 11
+
+
+async def test_unwatched_events_are_skipped_and_the_next_subscriber_misses_nothing(
+    hub: Hub, producer: Producer, queue_name: str
+) -> None:
+    """With nobody subscribed the hub jumps to the stream's tail without reading what is in
+    between; a subscriber who comes after gets every event from then on, first to last."""
+    before = [await submit(producer, queue_name, "acme") for _ in range(20)]
+    tail = (await producer.event_stream_tails([queue_name]))[queue_name]
+    async with asyncio.timeout(DEADLINE_S):
+        while hub.positions[queue_name] != tail:  # its next turn, within UNWATCHED_READ_S
+            await asyncio.sleep(0.01)
+    watcher = live(hub.subscribe_tenant("acme"))
+    after = [await submit(producer, queue_name, "acme") for _ in range(5)]
+    assert [e.job_id for e in await take(watcher, 5)] == after
+    assert not set(before) & {e.job_id for e in watcher.events}
