@@ -29,13 +29,16 @@ local function create_job(k, job_id, queue, job_type, tenant, payload, max_attem
   end
   local id = append_event(k.events, k.job_events, event, data,
     {job_id, queue, job_type, tenant, status, '0'}, ts)
+  -- A field whose absence every reader takes as its default (`attempt_floor` 0,
+  -- `cancel_requested` 0, `idem_key` none) is not written: each pair costs every job its
+  -- bytes for the retention, in the hash and in the AOF.
   redis.call('HSET', k.job,
     'id', job_id, 'queue', queue, 'type', job_type, 'tenant', tenant, 'status', status,
-    'payload', payload, 'attempt', '0', 'attempt_floor', '0', 'max_attempts', max_attempts,
-    'timeout_s', timeout_s, 'progress', '0', 'cancel_requested', '0',
-    'created_at', ts, 'updated_at', ts, 'idem_key', idem_key,
-    wait_field, wait_value, 'last_event_id', id)
+    'payload', payload, 'attempt', '0', 'max_attempts', max_attempts, 'timeout_s', timeout_s,
+    'progress', '0', 'created_at', ts, 'updated_at', ts, wait_field, wait_value,
+    'last_event_id', id)
   -- Each of these only when given: a plain job's hash and AOF entry stay as small as they were.
+  if idem_key ~= '' then redis.call('HSET', k.job, 'idem_key', idem_key) end
   if priority ~= DEFAULT_PRIORITY then redis.call('HSET', k.job, 'priority', priority) end
   if trace ~= '' then redis.call('HSET', k.job, 'trace', trace) end
   if more then
