@@ -110,7 +110,7 @@ class DirectRoutes:
                 results = [
                     {
                         "status": item.status,
-                        "job": item.resource_json(gw),
+                        "job": item.job,
                         "error": item.error,
                     }
                     for item in items

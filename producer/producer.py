@@ -7,11 +7,12 @@ reclaim, promote) and `conveyor submit`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -48,10 +49,6 @@ SCRIPT_BATCH = 64
 # 1,000-job bulks): 308k one job a call, 221k at 25, 219k at 50, 219k at 100, where one
 # `submit` call per job cost 293k; 50 jobs hold Redis for about 2 ms.
 SUBMIT_BATCH = 50
-# Where the jobs' own arguments start in a `submit_many` call (its ARGV[10], from 0), and
-# how many each job has: submit_many.lua's header.
-SUBMIT_MANY_ARGS = 9
-SUBMIT_MANY_FIELDS = 8
 T = TypeVar("T")
 
 
@@ -267,44 +264,82 @@ class Producer(Reads):
         trace: str = "",
     ) -> list[Submitted]:
         """`submit_many`, answering as `submit` does for each job: with its snapshot, for
-        each one without children. Jobs without a flow or a cache lookup go `SUBMIT_BATCH`
-        at a time into one `submit_many` script call per queue; every call of the lot goes
-        out in one pipeline, in the requests' order, so each queue gets its jobs in order."""
-        done: dict[int, Submitted] = {}
-        for i, request in enumerate(requests):
-            if request.children:
-                done[i] = await self.flows.submit(request, tenant, None, count_active, trace)
-        calls: list[Call] = []
-        ids = iter(new_job_ids(len(requests) - len(done)))
-        batches: list[list[int]] = []  # per call: the requests it submits (one for `submit`)
-        for i, request in enumerate(requests):
-            if i in done:
-                continue
-            if request.cache_ttl_s:
-                calls.append(
-                    (
-                        "submit",
-                        *self._submit_call(request, tenant, None, count=count_active, trace=trace),
-                    )
-                )
-                batches.append([i])
-                continue
-            last = calls[-1] if calls else None
-            if (
-                last is None
-                or last[0] != "submit_many"
-                or last[2][4] != request.queue
-                or len(batches[-1]) == SUBMIT_BATCH
+        each one without children."""
+        stream = self.submit_in_order(
+            requests, tenant=tenant, count_active=count_active, trace=trace
+        )
+        async with contextlib.aclosing(stream):
+            return [submitted async for _, submitted in stream]
+
+    async def submit_in_order(
+        self,
+        requests: Sequence[SubmitRequest],
+        *,
+        tenant: str = "",
+        count_active: bool = False,
+        trace: str = "",
+    ) -> AsyncGenerator[tuple[int, Submitted], None]:
+        """`submit_each`, each request's answer handed back with its index, in order, as soon
+        as it is known: the caller's work on the first (the gateway renders them) overlaps
+        Redis's on the next. A flow is submitted first, in its own calls; the other jobs go
+        `SUBMIT_BATCH` at a time into one `submit_many` call per queue (one `submit` each
+        for a cache lookup), sent in the requests' order on one connection, so each queue
+        gets its jobs in order."""
+        flows = {
+            i: await self.flows.submit(request, tenant, None, count_active, trace)
+            for i, request in enumerate(requests)
+            if request.children
+        }
+        singles = [(i, r) for i, r in enumerate(requests) if i not in flows]
+        calls = self._submit_calls(singles, tenant, count_active, trace)
+        done = 0  # requests answered so far
+        async with contextlib.aclosing(self.scripts.run_in_order(calls)) as replies:
+            async for batch, reply in replies:
+                for i in range(done, batch[0][0]):
+                    yield i, flows[i]
+                if len(batch) == 1 and batch[0][1] is None:  # a `submit` call's
+                    yield batch[0][0], self._submitted(requests[batch[0][0]], tenant, reply)
+                else:
+                    created_at = reply[0]
+                    for n, (i, job_id) in enumerate(batch):
+                        reply_n = [1, job_id, created_at, reply[n + 1]]
+                        yield i, self._submitted(requests[i], tenant, reply_n)
+                done = batch[-1][0] + 1
+        for i in range(done, len(requests)):
+            yield i, flows[i]
+
+    def _submit_calls(
+        self,
+        singles: list[tuple[int, SubmitRequest]],
+        tenant: str,
+        count_active: bool,
+        trace: str,
+    ) -> Iterator[tuple[Call, list[tuple[int, str | None]]]]:
+        """The script calls that submit `singles` (index, request), made one at a time as
+        `run_in_order` sends them, each with the (index, job id) of the jobs it submits: a
+        `submit_many` call's ids, or (index, None) for a `submit` call (its reply has it)."""
+        ids = iter(new_job_ids(len(singles)))
+        many: Call | None = None  # the `submit_many` call being filled
+        batch: list[tuple[int, str | None]] = []
+        for i, request in singles:
+            if many is not None and (
+                request.cache_ttl_s or many[2][4] != request.queue or len(batch) == SUBMIT_BATCH
             ):
+                yield many, batch
+                many, batch = None, []
+            if request.cache_ttl_s:
+                call = self._submit_call(request, tenant, None, count=count_active, trace=trace)
+                yield ("submit", *call), [(i, None)]
+                continue
+            if many is None:
                 k = self.keys(request.queue)
                 keys = [k.jobs, k.events, k.delayed, k.tenant_jobs(tenant), k.tenant_active(tenant)]
                 args = [*self.config, request.queue, tenant, k.job_prefix, trace]
-                last = ("submit_many", keys, [*args, "1" if count_active else "0"])
-                calls.append(last)
-                batches.append([])
-            last[2].extend(
+                many = ("submit_many", keys, [*args, "1" if count_active else "0"])
+            job_id = next(ids)
+            many[2].extend(
                 (
-                    next(ids),
+                    job_id,
                     request.type,
                     dumps(request.payload),
                     request.max_attempts or "",
@@ -314,19 +349,9 @@ class Producer(Reads):
                     request.callback_url or "",
                 )
             )
-            batches[-1].append(i)
-        replies = await self.scripts.run_many(calls) if calls else []
-        for (name, _, args), batch, reply in zip(calls, batches, replies, strict=True):
-            if name == "submit":
-                done[batch[0]] = self._submitted(requests[batch[0]], tenant, reply)
-                continue
-            created_at = reply[0]
-            for n, i in enumerate(batch):
-                job_id = args[SUBMIT_MANY_ARGS + n * SUBMIT_MANY_FIELDS]
-                done[i] = self._submitted(
-                    requests[i], tenant, [1, job_id, created_at, reply[n + 1]]
-                )
-        return [done[i] for i in range(len(requests))]
+            batch.append((i, job_id))
+        if many is not None:
+            yield many, batch
 
     def _submit_call(
         self,

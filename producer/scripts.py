@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import AsyncGenerator, Iterable
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from schemas.events import EventType, StepState
 from schemas.keys import (
@@ -58,6 +59,7 @@ SCRIPT_NAMES = tuple(sorted(path.stem for path in SCRIPT_DIR.glob("*.lua")))
 
 Call = tuple[str, list[str], list[Any]]
 """One script call: (script name, KEYS, ARGV)."""
+T = TypeVar("T")
 
 
 def _lua_table(pairs: dict[str, str]) -> str:
@@ -207,6 +209,14 @@ class Scripts:
         that answer NOSCRIPT (Redis restarted, or flushed its scripts) never ran: the script
         is loaded and just those are sent again. The others ran once and are not repeated.
         An error reply of a call is raised, after every call has run."""
+        results = await self._run_all(calls)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+    async def _run_all(self, calls: list[Call]) -> list[Any]:
+        """`run_many`'s results, an error reply in its call's place."""
         results = await self._pipeline(calls)
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:
@@ -215,10 +225,66 @@ class Scripts:
             again = await self._pipeline([calls[i] for i in missing])
             for i, result in zip(missing, again, strict=True):
                 results[i] = result
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
         return results
+
+    async def run_in_order(
+        self, calls: Iterable[tuple[Call, T]]
+    ) -> AsyncGenerator[tuple[T, Any], None]:
+        """`run_many` for a caller with work to do on each result: each call, tagged, is sent
+        on one connection as soon as `calls` makes it, and each result is handed back with
+        its tag, in order, as soon as it is in. So Redis runs the first calls while the
+        caller makes the next ones, and the caller works on the first results while Redis
+        runs the rest (a bulk submit packed, run and rendered its calls one stage after the
+        other). One connection keeps the calls in their order. From a call that answers
+        NOSCRIPT on, results are held back until the calls that never ran have run again
+        (`run_many`); an error reply is raised after every call has run. On a cluster, it
+        is `run_many`. Close it (`contextlib.aclosing`) when stopping early."""
+        if not self._single:
+            listed = list(calls)
+            results = await self.run_many([call for call, _ in listed])
+            for (_, tag), result in zip(listed, results, strict=True):
+                yield tag, result
+            return
+        pool = self._redis.connection_pool
+        connection = await pool.get_connection()
+        sent: list[tuple[Call, T]] = []
+        held: list[tuple[Call, T, Any]] = []
+        failed: Exception | None = None
+        try:
+            for call, tag in calls:
+                name, keys, args = call
+                packed = connection.pack_command(
+                    "EVALSHA", script_sha(name), len(keys), *keys, *args
+                )
+                await connection.send_packed_command(packed, check_health=False)
+                sent.append((call, tag))
+            for call, tag in sent:
+                try:
+                    result = await connection.read_response()
+                except ResponseError as exc:  # the connection is still in step
+                    result = exc
+                if held or isinstance(result, NoScriptError):
+                    held.append((call, tag, result))
+                elif isinstance(result, Exception):
+                    failed = failed or result
+                else:
+                    yield tag, result
+        except BaseException:
+            await connection.disconnect()  # replies may still be on their way
+            raise
+        finally:
+            await pool.release(connection)
+        if held:
+            unrun = [call for call, _, result in held if isinstance(result, NoScriptError)]
+            again = iter(await self._run_all(unrun))
+            for _, tag, result in held:
+                result = next(again) if isinstance(result, NoScriptError) else result
+                if isinstance(result, Exception):
+                    failed = failed or result
+                else:
+                    yield tag, result
+        if failed is not None:
+            raise failed
 
     async def _pipeline(self, calls: list[Call]) -> list[Any]:
         async with self._redis.pipeline(transaction=False) as pipe:

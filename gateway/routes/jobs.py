@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -36,8 +38,7 @@ from gateway.models import (
     JobPage,
     JobResource,
 )
-from producer import Position
-from producer.fresh import FreshJob
+from producer import Position, Submitted
 from schemas import tracing
 from schemas.errors import ConveyorError
 from schemas.models import Event, Job, SubmitRequest
@@ -192,11 +193,7 @@ async def submit_bulk(body: BulkSubmit, gw: GatewayDep, tenant: Tenant, request:
     items = await submit_items(gw, body, tenant, request.headers)
     return BulkResult(
         results=[
-            BulkItem(
-                status=item.status,
-                job=resource(gw, item.snapshot()) if item.job is not None else None,
-                error=item.error,
-            )
+            BulkItem.model_validate({"status": item.status, "job": item.job, "error": item.error})
             for item in items
         ]
     )
@@ -204,22 +201,12 @@ async def submit_bulk(body: BulkSubmit, gw: GatewayDep, tenant: Tenant, request:
 
 @dataclass(frozen=True, slots=True)
 class ItemAnswer:
-    """One bulk item's answer, before it is rendered: a job (one just created, or read
-    back), or an error body."""
+    """One bulk item's answer, before it is encoded: its job's resource (`resource_json`),
+    or an error body."""
 
     status: int
-    job: FreshJob | Job | None = None
+    job: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
-
-    def snapshot(self) -> Job:
-        assert self.job is not None
-        return self.job.job() if isinstance(self.job, FreshJob) else self.job
-
-    def resource_json(self, gw: Gateway) -> dict[str, Any] | None:
-        """The job's resource as its JSON (`resource_json`), or None."""
-        if isinstance(self.job, FreshJob):  # no model: a bulk's thousand add up
-            return resource_of_dump(gw, self.job.dump())
-        return resource_json(gw, self.job) if self.job is not None else None
 
 
 async def submit_items(
@@ -249,26 +236,32 @@ async def _submit_items(
         accepted = await _within_bulk_quota(gw, tenant, accepted, results)
     if accepted:
         requests = [request for _, request in accepted]
+        unread: list[tuple[int, Submitted]] = []  # a flow's root: read back
         try:
             async with redis_deadline(gw.settings.redis_timeout_s):
-                submitted = await gw.producer.submit_each(
+                stream = gw.producer.submit_in_order(
                     requests, tenant=tenant, count_active=quota, trace=traced.trace
                 )
-                # A flow's root is read back; a plain job's snapshot came with its submit.
-                unread = [s for s in submitted if s.fresh is None]
-                read = await gw.producer.get_many([(s.queue, s.job_id) for s in unread])
+                async with contextlib.aclosing(stream):
+                    # Each job rendered as its call's reply comes in, while Redis runs the next.
+                    async for n, submitted in stream:
+                        i = accepted[n][0]
+                        if submitted.fresh is None:
+                            unread.append((i, submitted))
+                        else:
+                            job = resource_of_dump(gw, submitted.fresh.dump())
+                            results[i] = ItemAnswer(status=202, job=job)
+                read = await gw.producer.get_many([(s.queue, s.job_id) for _, s in unread])
         except RedisUnavailable as exc:
             raise RedisUnavailable(f"{exc}; some of the jobs may have been created") from exc
-        found = {s.job_id: job for s, job in zip(unread, read, strict=True)}
-        counted = gw.metrics.submits
-        for (i, request), done in zip(accepted, submitted, strict=True):
-            job = done.fresh or found.get(done.job_id)
-            counted.labels(request.type).inc()
+        for (i, _), found in zip(unread, read, strict=True):
             results[i] = (
-                ItemAnswer(status=202, job=job)
-                if job is not None
+                ItemAnswer(status=202, job=resource_json(gw, found))
+                if found is not None
                 else ItemAnswer(status=503, error={"error": "unavailable", "message": "expired"})
             )
+        for job_type, n in Counter(request.type for request in requests).items():
+            gw.metrics.submits.labels(job_type).inc(n)
         traced.created(requests)
     return results
 

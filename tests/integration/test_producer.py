@@ -602,3 +602,46 @@ async def test_a_bulk_keeps_each_queues_order_across_calls(
         entries = await redis.xrange(producer.keys(queue).jobs)
         expected = [i for i, r in zip(ids, requests, strict=True) if r.queue == queue]
         assert [e["job_id"] for _, e in entries] == expected
+
+
+def _calls(producer: Producer, queue: str, n: int) -> list[tuple[Any, int]]:
+    """`n` `submit_many` calls of one job each, tagged 0..n-1."""
+    calls = producer._submit_calls(
+        [(i, SubmitRequest(type="noop", queue=queue)) for i in range(n)], "t1", False, ""
+    )
+    return [(call, tag) for tag, (call, _) in enumerate(calls)]
+
+
+async def test_run_in_order_hands_back_every_result_then_raises_an_error_reply(
+    driver: Driver, producer: Producer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error reply in the middle: the calls after it still ran and their results come
+    back in order; the error is raised once all are in, and the connection stays usable."""
+    monkeypatch.setattr("producer.producer.SUBMIT_BATCH", 1)
+    calls = _calls(producer, driver.queue, 5)
+    await driver.redis.set("wrong", "not a zset")
+    (name, keys, args), tag = calls[2]
+    calls[2] = ((name, [*keys[:3], "wrong", keys[4]], args), tag)  # its ZADD fails
+    got: list[int] = []
+    with pytest.raises(aioredis.ResponseError, match="WRONGTYPE"):
+        async for tag, _ in producer.scripts.run_in_order(calls):
+            got.append(tag)
+    assert got == [0, 1, 3, 4]
+    assert await driver.redis.get("wrong") == "not a zset"  # a reply of its own
+
+
+async def test_run_in_order_stopped_early_leaves_no_reply_behind(
+    driver: Driver, producer: Producer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller that stops after the first result (an error of its own, a deadline): every
+    call was sent and runs, and the connection, whose replies were not all read, is not
+    handed to the next command."""
+    monkeypatch.setattr("producer.producer.SUBMIT_BATCH", 1)
+    stream = producer.scripts.run_in_order(_calls(producer, driver.queue, 20))
+    async for tag, _ in stream:
+        assert tag == 0
+        break
+    await stream.aclose()
+    for n in range(20):  # each command gets its own reply, not a leftover
+        assert await driver.redis.echo(f"m{n}") == f"m{n}"
+    assert await driver.redis.xlen(producer.keys(driver.queue).jobs) == 20
