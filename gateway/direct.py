@@ -28,7 +28,6 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.access import resource_json
 from gateway.deps import Gateway
 from gateway.errors import HANDLERS, handler_for
 from gateway.limits import replaying
@@ -104,7 +103,7 @@ class DirectRoutes:
             if scope["path"] == SUBMIT:
                 answer = await submit_job(gw, request, tenant, key, headers)
                 extra = answer.headers
-                status, content = answer.status_code, resource_json(gw, answer.job)
+                status, content = answer.status_code, answer.job
             else:
                 items = await submit_items(gw, bulk, tenant, headers)
                 results = [

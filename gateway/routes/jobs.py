@@ -90,14 +90,15 @@ async def submit(
     answer = await submit_job(gw, body, tenant, idempotency_key, request.headers)
     response.status_code = answer.status_code
     response.headers.update(answer.headers)
-    return resource(gw, answer.job)
+    return answer.job
 
 
 @dataclass(frozen=True, slots=True)
 class SubmitAnswer:
-    """What `POST /v1/jobs` answers, before it is rendered (here, or by gateway.direct)."""
+    """What `POST /v1/jobs` answers, before it is encoded (here, or by gateway.direct):
+    the job's resource (`resource_json`)."""
 
-    job: Job
+    job: dict[str, Any]
     status_code: int
     headers: dict[str, str]
 
@@ -119,7 +120,7 @@ async def submit_job(
         body = _accepted(gw, body, tenant)
         try:
             async with redis_deadline(settings.redis_timeout_s):
-                job = None
+                job, rendered = None, None
                 if idempotency_key is not None:
                     job = await _earlier_job(gw, tenant, idempotency_key, body.queue)
                 if job is None:
@@ -131,7 +132,10 @@ async def submit_job(
                         count_active=quota,
                         trace=traced.trace,
                     )
-                    job = submitted.job or await gw.producer.get(submitted.queue, submitted.job_id)
+                    if submitted.fresh is not None:  # built, not read back
+                        rendered = resource_of_dump(gw, submitted.fresh.dump())
+                    else:
+                        job = await gw.producer.get(submitted.queue, submitted.job_id)
                     if submitted.created:
                         gw.metrics.submits.labels(body.type).inc()
                     if body.cache_ttl_s:
@@ -141,13 +145,17 @@ async def submit_job(
         except RedisUnavailable as exc:
             # The script may have run before the answer was lost: say so, and how to find out.
             raise RedisUnavailable(f"{exc}; {MAYBE_CREATED}") from exc
-        if job is None:  # expired between the two calls: vanishingly rare, and retryable
-            raise RedisUnavailable(f"the job disappeared while it was being read; {MAYBE_CREATED}")
-        traced.created([body], job.id)
-    answer_headers["Location"] = job_path(job.id)
+        if rendered is None:
+            if job is None:  # expired between the two calls: vanishingly rare, and retryable
+                raise RedisUnavailable(
+                    f"the job disappeared while it was being read; {MAYBE_CREATED}"
+                )
+            rendered = resource_json(gw, job)
+        traced.created([body], rendered["id"])
+    answer_headers["Location"] = job_path(rendered["id"])
     if idempotency_key is not None:
         answer_headers["Idempotency-Key"] = idempotency_key
-    return SubmitAnswer(job, status_code, answer_headers)
+    return SubmitAnswer(rendered, status_code, answer_headers)
 
 
 async def _within_quota(gw: Gateway, tenant: str, jobs: int) -> bool:
@@ -223,7 +231,10 @@ async def _submit_items(
 ) -> list[ItemAnswer | None]:
     results: list[ItemAnswer | None] = [None] * len(body.jobs)
     accepted: list[tuple[int, SubmitRequest]] = []
+    default_queue = gw.settings.queues[0]
     for i, raw in enumerate(body.jobs):
+        if isinstance(raw, dict) and "queue" not in raw:
+            raw["queue"] = default_queue  # as `with_queues` would, without a copy per item
         try:
             accepted.append((i, _accepted(gw, SubmitRequest.model_validate(raw), tenant)))
         except ValidationError as exc:
