@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from redis.asyncio import Redis
+from starlette.types import ASGIApp
 
 from gateway import errors
 from gateway.auth import ApiKeys, EventTokens
@@ -43,6 +44,20 @@ def _redis(settings: Settings, read_timeout_s: float) -> Redis:
         socket_connect_timeout=settings.redis_timeout_s,
         health_check_interval=30,
     )
+
+
+class _GatewayApp(FastAPI):
+    """FastAPI with `DirectRoutes` (gateway/direct.py) in front of its whole middleware stack,
+    FastAPI's own layers included (its error, telemetry and body-limit middleware, which
+    `add_middleware` puts outside any user middleware): a well-formed submit is served
+    before the chain, which it passed through four layers deep (bench.http_submit)."""
+
+    def __init__(self, *, direct_limits: tuple[int, int], **options: Any) -> None:
+        self._direct_limits = direct_limits
+        super().__init__(**options)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return DirectRoutes(super().build_middleware_stack(), *self._direct_limits)
 
 
 def create_app(
@@ -83,7 +98,8 @@ def create_app(
             await redis.aclose()
             await hub_redis.aclose()
 
-    app = FastAPI(
+    app = _GatewayApp(
+        direct_limits=(settings.max_payload_bytes, settings.max_bulk_bytes),
         title="Conveyor",
         summary="Submit jobs, watch them live over Server-Sent Events.",
         version="0.1.0",
@@ -94,12 +110,6 @@ def create_app(
         BodyLimit,
         max_bytes=settings.max_payload_bytes,
         per_path={"/v1/jobs/bulk": settings.max_bulk_bytes},
-    )
-    # Outermost: a well-formed submit is served before the chain; see gateway/direct.py.
-    app.add_middleware(
-        DirectRoutes,
-        max_bytes=settings.max_payload_bytes,
-        max_bulk_bytes=settings.max_bulk_bytes,
     )
     app.include_router(jobs.router)
     app.include_router(events.router)
