@@ -207,6 +207,9 @@ class JobContext:
         """(seconds since the attempt started, seconds per reported stage) for the log record
         of its completion. Time before the first stage counts as `running`."""
         now = time.monotonic()
+        if self._last_stage is None and not self._stage_seconds:  # most jobs report none
+            elapsed = round(now - self._started, 3)
+            return elapsed, {"running": elapsed}
         self._close_stage(now)
         stages = {name: round(seconds, 3) for name, seconds in self._stage_seconds.items()}
         return round(now - self._started, 3), stages

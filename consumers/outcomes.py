@@ -93,9 +93,10 @@ class Outcomes:
         d = running.delivery
         duration_s, stages = ctx.timings()
         metrics.labelled(metrics.DURATION, d.queue, d.type).observe(duration_s)
-        for artifact in ctx.artifacts:
+        artifacts = ctx.artifacts
+        for artifact in artifacts:
             metrics.labelled(metrics.UPLOAD_BYTES, d.queue, d.type).inc(artifact.size)
-        running.outcome = (result, ctx.artifacts)
+        running.outcome = (result, artifacts)
         running.log_fields = {"duration_s": duration_s, "stages": stages}
         tracing.ended(running.span, "succeeded")
         running.lane.finished.append(running)
