@@ -234,13 +234,15 @@ class Runner:
             from consumers.storage import JobStorage
 
             storage = JobStorage(self.storage, d.queue, d.job_id)
-        steps = Steps(
-            self.producer,
-            d,
-            on_lease_lost=lambda: running.stop("lease_lost"),
-            keep_artifact=storage.keep if storage is not None else lambda artifact: None,
-            span=running.span,
-        )
+
+        def steps() -> Steps:
+            return Steps(
+                self.producer,
+                d,
+                on_lease_lost=lambda: running.stop("lease_lost"),
+                keep_artifact=storage.keep if storage is not None else lambda artifact: None,
+                span=running.span,
+            )
 
         async def submit(request: SubmitRequest, key: str) -> str:
             # A follow-up of a type this worker knows is checked as the gateway would check
