@@ -52,7 +52,7 @@ class JobContext:
         report_progress: ProgressSink,
         storage: JobStorage | None,
         log: logging.LoggerAdapter[logging.Logger],
-        steps: Steps | None = None,
+        steps: Callable[[], Steps] | None = None,
         submit: Submitter | None = None,
         reserve: Reserver | None = None,
         min_progress_interval_s: float = 0.25,
@@ -72,7 +72,9 @@ class JobContext:
         self._started = time.monotonic()
         self._stage_since = self._started
         self._stage_seconds: dict[str, float] = {}
-        self._steps = steps
+        # Made at the first `step`: most jobs have none, and a consumer makes a ctx per job.
+        self._make_steps = steps
+        self._steps: Steps | None = None
         self._submit = submit
         self._reserve = reserve
         self._submitted = 0
@@ -153,7 +155,9 @@ class JobContext:
 
     def _require_steps(self) -> Steps:
         if self._steps is None:
-            raise RuntimeError("steps are recorded for a job run by a worker, not here")
+            if self._make_steps is None:
+                raise RuntimeError("steps are recorded for a job run by a worker, not here")
+            self._steps = self._make_steps()
         return self._steps
 
     def _enter_stage(self, stage: str) -> None:
@@ -207,6 +211,9 @@ class JobContext:
         """(seconds since the attempt started, seconds per reported stage) for the log record
         of its completion. Time before the first stage counts as `running`."""
         now = time.monotonic()
+        if self._last_stage is None and not self._stage_seconds:  # most jobs report none
+            elapsed = round(now - self._started, 3)
+            return elapsed, {"running": elapsed}
         self._close_stage(now)
         stages = {name: round(seconds, 3) for name, seconds in self._stage_seconds.items()}
         return round(now - self._started, 3), stages

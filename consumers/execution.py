@@ -78,11 +78,19 @@ class Running:
         self.since = time.monotonic()
         self.deadline: float | None = None  # while its handler runs: when it times out
         self.span: Span | None = None  # the attempt's span, when this worker traces
+        self._log: JobLog | None = None
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None and self.task is not None and not self.task.done():
             self.stop_reason = reason
             self.task.cancel()
+
+    @property
+    def log(self) -> JobLog:
+        """The job's logger, made once per attempt (a job logs from its task and its lane)."""
+        if self._log is None:
+            self._log = logger_for(self.delivery)
+        return self._log
 
     @property
     def lease(self) -> Lease:
@@ -139,7 +147,7 @@ class Runner:
         function = self.functions.get(d.type)
         if not isinstance(function, Handler):  # arq keeps cron jobs here too; we run none
             function = None
-        log = logger_for(d)
+        log = running.log
         if function is None:
             error = PermanentError(f"no handler for job type {d.type!r} here")
             await self.outcomes.failed(running, error, None)
@@ -226,13 +234,15 @@ class Runner:
             from consumers.storage import JobStorage
 
             storage = JobStorage(self.storage, d.queue, d.job_id)
-        steps = Steps(
-            self.producer,
-            d,
-            on_lease_lost=lambda: running.stop("lease_lost"),
-            keep_artifact=storage.keep if storage is not None else lambda artifact: None,
-            span=running.span,
-        )
+
+        def steps() -> Steps:
+            return Steps(
+                self.producer,
+                d,
+                on_lease_lost=lambda: running.stop("lease_lost"),
+                keep_artifact=storage.keep if storage is not None else lambda artifact: None,
+                span=running.span,
+            )
 
         async def submit(request: SubmitRequest, key: str) -> str:
             # A follow-up of a type this worker knows is checked as the gateway would check

@@ -77,11 +77,13 @@ class QueueKeys:
         """What scripts prepend to a job id to reach its hash (they batch over ids)."""
         return f"{self.base}:job:"
 
+    # `job` and `job_events` spell `job_prefix` out: a consumer builds both for every job it
+    # starts and ends, and the three nested properties cost 0.4 us a job more.
     def job(self, job_id: str) -> str:
-        return f"{self.job_prefix}{job_id}"
+        return f"{self.prefix}:{{{self.queue}}}:job:{job_id}"
 
     def job_events(self, job_id: str) -> str:
-        return f"{self.job(job_id)}{JOB_EVENTS_SUFFIX}"
+        return f"{self.prefix}:{{{self.queue}}}:job:{job_id}{JOB_EVENTS_SUFFIX}"
 
     def job_steps(self, job_id: str) -> str:
         """Hash: step name -> JSON record (state, attempt, times, result); see ctx.step."""

@@ -62,6 +62,9 @@ async def awkward_names(ctx: JobContext, json: str, _raw: bool = False, copy: in
 async def positional_only(ctx: JobContext, url: str, /) -> None: ...
 
 
+async def ctx_by_keyword(*, ctx: JobContext, url: str) -> None: ...
+
+
 async def unresolvable(ctx: JobContext, size: Unknown) -> None: ...  # noqa: F821
 
 
@@ -125,6 +128,12 @@ def test_a_handler_of_keyword_arguments_alone_takes_anything() -> None:
     assert payload.arguments("t", {"a": [1, {"b": None}]}) == ((), {"a": [1, {"b": None}]})
     # A payload field named like ctx cannot be bound: permanent, not a TypeError per attempt.
     assert invalid(anything, {"ctx": 1}) == "payload: multiple values for argument 'ctx'"
+
+
+def test_a_handler_that_cannot_take_its_fields_fails_each_payload_permanently() -> None:
+    # Its fields bound once at declaration would not fit: each call is bound, and refused.
+    assert derive(anything).binds and not derive(ctx_by_keyword).binds
+    assert invalid(ctx_by_keyword, {"url": "u"}) == "payload: too many positional arguments"
 
 
 def test_a_handler_taking_one_model_gets_the_validated_instance() -> None:
