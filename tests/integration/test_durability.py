@@ -3,6 +3,7 @@ consumer and the gateway reconnect by themselves."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,4 +76,74 @@ async def test_accepted_jobs_survive_a_redis_crash_with_aof_always(
     finally:
         if worker is not None:
             worker.stop()
+        gateway.stop()
+
+
+async def test_a_bulk_cut_short_by_a_redis_crash_leaves_no_half_written_job(
+    fresh_redis: Callable[..., EmbeddedRedis],
+    queue_name: str,
+    tmp_path: Path,
+) -> None:
+    """Bulks of 1,000 are posted back to back, and Redis is SIGKILLed once the second
+    bulk's first calls have landed (the rest in flight), then restarted from its AOF.
+    Every answer is a 202 or a 503; every job a 202 named exists once; and every job Redis
+    holds is whole: its hash, its `job.queued` in its own stream and the queue's under the
+    same id, and its entry in the jobs stream. A bulk's calls may land in part, but never
+    a job in part."""
+    server = fresh_redis(appendfsync="always")
+    port = free_port()
+    env = conveyor_env(
+        CONVEYOR_REDIS_URL=server.url,
+        CONVEYOR_QUEUES=queue_name,
+        CONVEYOR_API_KEYS="key-1=t1",
+        CONVEYOR_REDIS_TIMEOUT_S="2",
+    )
+    gateway = start_gateway(env, port=port, log_dir=tmp_path, cwd=REPO, deadline_s=30)
+    bulk = {"jobs": [{"type": "noop", "payload": {"i": i}} for i in range(1000)]}
+    answered = asyncio.Event()
+    statuses: list[int] = []
+    accepted: list[str] = []
+
+    async def post_bulks(http: httpx.AsyncClient) -> None:
+        for _ in range(4):
+            response = await http.post("/v1/jobs/bulk", json=bulk)
+            statuses.append(response.status_code)
+            if response.status_code == 202:
+                accepted.extend(item["job"]["id"] for item in response.json()["results"])
+            answered.set()
+
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", headers=AUTH, timeout=30
+        ) as http:
+            posting = asyncio.create_task(post_bulks(http))
+            watcher = aioredis.Redis.from_url(server.url, decode_responses=True)
+            async with asyncio.timeout(30):
+                await answered.wait()
+                # The second bulk's first calls have landed: the rest are on their way.
+                while await watcher.xlen(f"conveyor:{{{queue_name}}}:jobs") <= 1000:
+                    pass
+            await watcher.aclose()
+            server.kill()
+            server.start()
+            await asyncio.wait_for(posting, 60)
+        assert set(statuses) <= {202, 503} and statuses[0] == 202, statuses
+        assert len(accepted) == len(set(accepted)) == 1000 * statuses.count(202)
+
+        client = aioredis.Redis.from_url(server.url, decode_responses=True)
+        prefix = f"conveyor:{{{queue_name}}}:job:"
+        held = [key async for key in client.scan_iter(f"{prefix}*") if key.count(":") == 3]
+        entries = {
+            f["job_id"]: eid for eid, f in await client.xrange(f"conveyor:{{{queue_name}}}:jobs")
+        }
+        queue_events = {eid for eid, _ in await client.xrange(f"conveyor:{{{queue_name}}}:events")}
+        for key in held:
+            job = await client.hgetall(key)
+            own = await client.xrange(f"{key}:events")
+            assert [e["event"] for _, e in own] == ["job.queued"], key
+            assert job["status"] == "queued" and job["last_event_id"] == own[0][0], key
+            assert own[0][0] in queue_events and entries.get(job["id"]) == job["entry_id"], key
+        assert set(accepted) <= {key.removeprefix(prefix) for key in held}
+        await client.aclose()
+    finally:
         gateway.stop()
