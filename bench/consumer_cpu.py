@@ -38,7 +38,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from bench.drain import _exited, cpu_seconds
+from bench.drain import run_to_exit
 from bench.engine import drain_span
 from conveyor.embedded_redis import EmbeddedRedis
 from conveyor.process import ManagedProcess
@@ -92,15 +92,7 @@ async def consume(
     env = environment(url, queue, block_ms)
     worker = ManagedProcess(queue, argv, env=env, cwd=tree, log_path=log_dir / f"{queue}.log")
     worker.start()
-    try:
-        await _exited(worker.pid, timeout_s=600)
-        cpu_s = cpu_seconds(worker.pid)
-        assert worker.proc is not None
-        code = worker.proc.wait()
-    finally:
-        worker.stop()
-    if code != 0:
-        raise RuntimeError(f"consumer of {tree} exited with {code}:\n{worker.log_tail()}")
+    cpu_s = await run_to_exit(worker, timeout_s=600)
     if callgrind:
         return instructions(out)
     return cpu_s

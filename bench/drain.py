@@ -47,17 +47,24 @@ async def drain(
     has exited and before it is reaped: a zombie keeps its times."""
     started = time.perf_counter()
     worker = consumer(url, queue, log_dir, name=name, handlers=handlers, burst=True)
+    cpu_s = await run_to_exit(worker, timeout_s=1800)
+    return Drained(cpu_s, time.perf_counter() - started)
+
+
+async def run_to_exit(worker: ManagedProcess, timeout_s: float) -> float:
+    """Wait for a started burst consumer to exit and return its CPU seconds, read from
+    /proc before it is reaped (a zombie keeps its times); stopped in any case, and an
+    error with its log's tail if it exited with a failure."""
     try:
-        await _exited(worker.pid, timeout_s=1800)
-        wall_s = time.perf_counter() - started
+        await _exited(worker.pid, timeout_s=timeout_s)
         cpu_s = cpu_seconds(worker.pid)
         assert worker.proc is not None
         code = worker.proc.wait()
     finally:
         worker.stop()
     if code != 0:
-        raise RuntimeError(f"consumer {name} exited with {code}:\n{worker.log_tail()}")
-    return Drained(cpu_s, wall_s)
+        raise RuntimeError(f"consumer {worker.name} exited with {code}:\n{worker.log_tail()}")
+    return cpu_s
 
 
 def consumer(
