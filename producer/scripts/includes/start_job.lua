@@ -119,6 +119,8 @@ end
 -- traces asks for the job's trace context too (`traced`): then a seventh element, the
 -- job's `trace` (false for none). Only then, so that a consumer that does not trace reads no
 -- more than before (one more HMGET field costs each job 1.1% more of Redis's instructions).
+-- A call's jobs start under one consumer: their `job.started` data is encoded once.
+local started_data
 local function start_job(jobs_key, events_key, job_key, job_events_key, entry_id, consumer, now,
     traced, gates)
   local j = redis.call('HMGET', job_key, 'status', 'entry_id', 'type', 'payload', 'timeout_s',
@@ -147,8 +149,8 @@ local function start_job(jobs_key, events_key, job_key, job_events_key, entry_id
 
   local attempt = (tonumber(j[6]) or 0) + 1
   local job = {j[7], j[8], j[3], j[9], RUNNING, string.format('%d', attempt)}
-  local data = '{"owner":' .. cjson.encode(consumer) .. '}'
-  local id = append_event(events_key, job_events_key, JOB_STARTED, data, job, now)
+  started_data = started_data or ('{"owner":' .. cjson.encode(consumer) .. '}')
+  local id = append_event(events_key, job_events_key, JOB_STARTED, started_data, job, now)
   redis.call('HSET', job_key, 'status', RUNNING, 'attempt', job[6], 'owner', consumer,
     'started_at', now, 'updated_at', now, 'last_event_id', id)
   if attempt > 1 then  -- a retry: the earlier attempt's progress is not this one's
