@@ -175,18 +175,25 @@ async def _conveyor(_: Request, exc: Exception) -> JSONResponse:
 
 async def _redis_refused(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ResponseError)
+    status, body = refusal_body(exc)
+    return error(status, body["error"], body["message"])
+
+
+def refusal_body(exc: ResponseError) -> tuple[int, dict[str, Any]]:
+    """The status and error body for a write Redis refused: for a request, or for the items
+    of a bulk whose script call it refused."""
     # Scripts fail before their first write when Redis is out of memory (Redis refuses only
     # a script that has not written yet), so nothing was half-written either.
     # Inside a script Redis wraps it: "Error running script ... -OOM command not allowed".
     if isinstance(exc, OutOfMemoryError) or "OOM command not allowed" in str(exc):
-        return error(
-            503,
-            "store_full",
-            "the job store is full: Redis reached maxmemory (policy noeviction) and refused "
-            "the write; nothing was written. Retry after memory is freed or maxmemory raised.",
-        )
+        return 503, {
+            "error": "store_full",
+            "message": "the job store is full: Redis reached maxmemory (policy noeviction) "
+            "and refused the write; nothing was written. Retry after memory is freed or "
+            "maxmemory raised.",
+        }
     log.error("unexpected Redis error: %s", exc)
-    return error(500, "internal", "internal error")
+    return 500, {"error": "internal", "message": "internal error"}
 
 
 async def _redis_down(_: Request, exc: Exception) -> JSONResponse:

@@ -14,7 +14,7 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -264,49 +264,50 @@ class Producer(Reads):
         trace: str = "",
     ) -> list[Submitted]:
         """`submit_many`, answering as `submit` does for each job: with its snapshot, for
-        each one without children."""
-        stream = self.submit_in_order(
+        each one without children. An error reply is raised once every call has run."""
+        stream = self.submit_as_made(
             requests, tenant=tenant, count_active=count_active, trace=trace
         )
         async with contextlib.aclosing(stream):
-            return [submitted async for _, submitted in stream]
+            done = {i: submitted async for i, submitted in stream}
+        for submitted in done.values():
+            if isinstance(submitted, Exception):
+                raise submitted
+        return [cast(Submitted, done[i]) for i in range(len(requests))]
 
-    async def submit_in_order(
+    async def submit_as_made(
         self,
         requests: Sequence[SubmitRequest],
         *,
         tenant: str = "",
         count_active: bool = False,
         trace: str = "",
-    ) -> AsyncGenerator[tuple[int, Submitted], None]:
-        """`submit_each`, each request's answer handed back with its index, in order, as soon
-        as it is known: the caller's work on the first (the gateway renders them) overlaps
-        Redis's on the next. A flow is submitted first, in its own calls; the other jobs go
+    ) -> AsyncGenerator[tuple[int, Submitted | ResponseError], None]:
+        """`submit_each`, each request's answer handed back with its index as soon as it is
+        known: the caller's work on the first (the gateway renders them) overlaps Redis's
+        on the next. A flow is submitted first, in its own calls. The other jobs go
         `SUBMIT_BATCH` at a time into one `submit_many` call per queue (one `submit` each
-        for a cache lookup), sent in the requests' order on one connection, so each queue
-        gets its jobs in order."""
-        flows = {
-            i: await self.flows.submit(request, tenant, None, count_active, trace)
-            for i, request in enumerate(requests)
-            if request.children
-        }
-        singles = [(i, r) for i, r in enumerate(requests) if i not in flows]
+        for a cache lookup), each queue's in the requests' order on one connection, so each
+        queue gets its jobs in that order. A call that Redis refused answers for each of
+        its jobs with the error; the calls before and after it ran. (Refused for memory,
+        nothing of the call was written: Redis refuses a script before its first write.)"""
+        for i, request in enumerate(requests):
+            if request.children:
+                yield i, await self.flows.submit(request, tenant, None, count_active, trace)
+        singles = [(i, r) for i, r in enumerate(requests) if not r.children]
         calls = self._submit_calls(singles, tenant, count_active, trace)
-        done = 0  # requests answered so far
         async with contextlib.aclosing(self.scripts.run_in_order(calls)) as replies:
             async for batch, reply in replies:
-                for i in range(done, batch[0][0]):
-                    yield i, flows[i]
-                if len(batch) == 1 and batch[0][1] is None:  # a `submit` call's
-                    yield batch[0][0], self._submitted(requests[batch[0][0]], tenant, reply)
+                if isinstance(reply, ResponseError):
+                    for i, _, _ in batch:
+                        yield i, reply
+                elif batch[0][1] is None:  # a `submit` call's: its reply names the job
+                    yield batch[0][0], self._submitted(batch[0][2], tenant, reply)
                 else:
                     created_at = reply[0]
-                    for n, (i, job_id) in enumerate(batch):
-                        reply_n = [1, job_id, created_at, reply[n + 1]]
-                        yield i, self._submitted(requests[i], tenant, reply_n)
-                done = batch[-1][0] + 1
-        for i in range(done, len(requests)):
-            yield i, flows[i]
+                    for n, (i, job_id, request) in enumerate(batch):
+                        created = [1, job_id, created_at, reply[n + 1]]
+                        yield i, self._submitted(request, tenant, created)
 
     def _submit_calls(
         self,
@@ -314,30 +315,30 @@ class Producer(Reads):
         tenant: str,
         count_active: bool,
         trace: str,
-    ) -> Iterator[tuple[Call, list[tuple[int, str | None]]]]:
+    ) -> Iterator[tuple[Call, list[tuple[int, str | None, SubmitRequest]]]]:
         """The script calls that submit `singles` (index, request), made one at a time as
-        `run_in_order` sends them, each with the (index, job id) of the jobs it submits: a
-        `submit_many` call's ids, or (index, None) for a `submit` call (its reply has it)."""
+        `run_in_order` sends them, each with what it submits: (index, job id, request), the
+        id None for a `submit` call (its reply has it). One `submit_many` call is filled
+        per queue, so jobs of queues taking turns still share calls; a queue's cache lookup
+        goes after the call with its earlier jobs."""
         ids = iter(new_job_ids(len(singles)))
-        many: Call | None = None  # the `submit_many` call being filled
-        batch: list[tuple[int, str | None]] = []
+        filling: dict[str, tuple[Call, list[tuple[int, str | None, SubmitRequest]]]] = {}
         for i, request in singles:
-            if many is not None and (
-                request.cache_ttl_s or many[2][4] != request.queue or len(batch) == SUBMIT_BATCH
-            ):
-                yield many, batch
-                many, batch = None, []
+            queue = request.queue
             if request.cache_ttl_s:
+                if queue in filling:
+                    yield filling.pop(queue)
                 call = self._submit_call(request, tenant, None, count=count_active, trace=trace)
-                yield ("submit", *call), [(i, None)]
+                yield ("submit", *call), [(i, None, request)]
                 continue
-            if many is None:
-                k = self.keys(request.queue)
+            if queue not in filling:
+                k = self.keys(queue)
                 keys = [k.jobs, k.events, k.delayed, k.tenant_jobs(tenant), k.tenant_active(tenant)]
-                args = [*self.config, request.queue, tenant, k.job_prefix, trace]
-                many = ("submit_many", keys, [*args, "1" if count_active else "0"])
+                args = [*self.config, queue, tenant, k.job_prefix, trace]
+                filling[queue] = (("submit_many", keys, [*args, "1" if count_active else "0"]), [])
+            (_, _, args), batch = filling[queue]
             job_id = next(ids)
-            many[2].extend(
+            args.extend(
                 (
                     job_id,
                     request.type,
@@ -349,9 +350,10 @@ class Producer(Reads):
                     request.callback_url or "",
                 )
             )
-            batch.append((i, job_id))
-        if many is not None:
-            yield many, batch
+            batch.append((i, job_id, request))
+            if len(batch) == SUBMIT_BATCH:
+                yield filling.pop(queue)
+        yield from filling.values()
 
     def _submit_call(
         self,

@@ -235,56 +235,59 @@ class Scripts:
         its tag, in order, as soon as it is in. So Redis runs the first calls while the
         caller makes the next ones, and the caller works on the first results while Redis
         runs the rest (a bulk submit packed, run and rendered its calls one stage after the
-        other). One connection keeps the calls in their order. From a call that answers
-        NOSCRIPT on, results are held back until the calls that never ran have run again
-        (`run_many`); an error reply is raised after every call has run. On a cluster, it
-        is `run_many`. Close it (`contextlib.aclosing`) when stopping early."""
+        other). One connection keeps the calls in their order, and each script is loaded on
+        it (SCRIPT LOAD, a no-op for a script Redis has) before its first call, so that no
+        call answers NOSCRIPT after a later one ran: after a restart, a bulk's first calls
+        would otherwise run after its others (a SCRIPT FLUSH in the middle of a bulk is the one
+        way left: the calls it left unrun run again, after the rest). An error reply comes
+        back in its call's place,
+        as the exception (the caller answers for that call alone: the calls before it ran,
+        and so do those after it). On a cluster, it is `run_many` with the same results.
+        Close it (`contextlib.aclosing`) when stopping early."""
         if not self._single:
             listed = list(calls)
-            results = await self.run_many([call for call, _ in listed])
+            results = await self._run_all([call for call, _ in listed])
             for (_, tag), result in zip(listed, results, strict=True):
                 yield tag, result
             return
         pool = self._redis.connection_pool
         connection = await pool.get_connection()
-        sent: list[tuple[Call, T]] = []
-        held: list[tuple[Call, T, Any]] = []
-        failed: Exception | None = None
+        sent: list[tuple[Call, T] | None] = []  # None: a SCRIPT LOAD's reply
+        loaded: set[str] = set()
         try:
             for call, tag in calls:
                 name, keys, args = call
+                if name not in loaded:
+                    loaded.add(name)
+                    load = connection.pack_command("SCRIPT", "LOAD", script_source(name))
+                    await connection.send_packed_command(load, check_health=False)
+                    sent.append(None)
                 packed = connection.pack_command(
                     "EVALSHA", script_sha(name), len(keys), *keys, *args
                 )
                 await connection.send_packed_command(packed, check_health=False)
                 sent.append((call, tag))
-            for call, tag in sent:
+            unrun: list[tuple[Call, T]] = []  # NOSCRIPT: scripts flushed since their load
+            for item in sent:
                 try:
                     result = await connection.read_response()
                 except ResponseError as exc:  # the connection is still in step
                     result = exc
-                if held or isinstance(result, NoScriptError):
-                    held.append((call, tag, result))
-                elif isinstance(result, Exception):
-                    failed = failed or result
+                if item is None:
+                    continue
+                if isinstance(result, NoScriptError):
+                    unrun.append(item)
                 else:
-                    yield tag, result
+                    yield item[1], result
         except BaseException:
             await connection.disconnect()  # replies may still be on their way
             raise
         finally:
             await pool.release(connection)
-        if held:
-            unrun = [call for call, _, result in held if isinstance(result, NoScriptError)]
-            again = iter(await self._run_all(unrun))
-            for _, tag, result in held:
-                result = next(again) if isinstance(result, NoScriptError) else result
-                if isinstance(result, Exception):
-                    failed = failed or result
-                else:
-                    yield tag, result
-        if failed is not None:
-            raise failed
+        if unrun:
+            again = await self._run_all([call for call, _ in unrun])
+            for (_, tag), result in zip(unrun, again, strict=True):
+                yield tag, result
 
     async def _pipeline(self, calls: list[Call]) -> list[Any]:
         async with self._redis.pipeline(transaction=False) as pipe:

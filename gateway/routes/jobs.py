@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import ValidationError
+from redis.exceptions import ResponseError
 
 from gateway.access import job_path, own_job, page_links, resource, resource_json, resource_of_dump
 from gateway.artifacts import artifact_url
@@ -26,6 +27,7 @@ from gateway.errors import (
     TenantQuotaExceeded,
     conveyor_error_body,
     redis_deadline,
+    refusal_body,
     validation_body,
 )
 from gateway.models import (
@@ -194,10 +196,12 @@ def _accepted(gw: Gateway, body: SubmitRequest, tenant: str) -> SubmitRequest:
     responses=SUBMIT_ERRORS,
 )
 async def submit_bulk(body: BulkSubmit, gw: GatewayDep, tenant: Tenant, request: Request) -> Any:
-    """Up to 1,000 jobs in one request and one round trip to Redis. Items are independent:
-    one that `POST /v1/jobs` would refuse gets its error in its place, and the rest are
-    submitted. A `503` means none is known to have been created. Every job keeps the
-    request's trace context, as `POST /v1/jobs` does."""
+    """Up to 1,000 jobs in one request. Items are independent: one that `POST /v1/jobs`
+    would refuse gets its error in its place, and the rest are submitted. A `503` for the
+    whole request means none is known to have been created; an item's `503` says why: the
+    store was full (nothing of it written), or Redis became unreachable after other items
+    were created (it may have been). Every job keeps the request's trace context, as
+    `POST /v1/jobs` does."""
     items = await submit_items(gw, body, tenant, request.headers)
     return BulkResult(
         results=[
@@ -247,34 +251,63 @@ async def _submit_items(
         accepted = await _within_bulk_quota(gw, tenant, accepted, results)
     if accepted:
         requests = [request for _, request in accepted]
-        unread: list[tuple[int, Submitted]] = []  # a flow's root: read back
-        try:
-            async with redis_deadline(gw.settings.redis_timeout_s):
-                stream = gw.producer.submit_in_order(
-                    requests, tenant=tenant, count_active=quota, trace=traced.trace
-                )
-                async with contextlib.aclosing(stream):
-                    # Each job rendered as its call's reply comes in, while Redis runs the next.
-                    async for n, submitted in stream:
-                        i = accepted[n][0]
-                        if submitted.fresh is None:
-                            unread.append((i, submitted))
-                        else:
-                            job = resource_of_dump(gw, submitted.fresh.dump())
-                            results[i] = ItemAnswer(status=202, job=job)
-                read = await gw.producer.get_many([(s.queue, s.job_id) for _, s in unread])
-        except RedisUnavailable as exc:
-            raise RedisUnavailable(f"{exc}; some of the jobs may have been created") from exc
-        for (i, _), found in zip(unread, read, strict=True):
-            results[i] = (
-                ItemAnswer(status=202, job=resource_json(gw, found))
-                if found is not None
-                else ItemAnswer(status=503, error={"error": "unavailable", "message": "expired"})
-            )
-        for job_type, n in Counter(request.type for request in requests).items():
-            gw.metrics.submits.labels(job_type).inc(n)
+        await _submit_accepted(gw, tenant, accepted, quota, traced, results)
         traced.created(requests)
     return results
+
+
+async def _submit_accepted(
+    gw: Gateway,
+    tenant: str,
+    accepted: list[tuple[int, SubmitRequest]],
+    quota: bool,
+    traced: tracing.Submit,
+    results: list[ItemAnswer | None],
+) -> None:
+    """Submit the accepted items and answer each: its job (202), the refusal of its script
+    call (a 503 when Redis is full; the calls around it ran), or, once Redis became
+    unreachable after some answers came in, a 503 saying it may have been created. A 503
+    for the whole bulk (raised) means no item's answer came in."""
+    requests = [request for _, request in accepted]
+    unread: list[tuple[int, Submitted]] = []  # a flow's root: read back
+    created: Counter[str] = Counter()
+    try:
+        async with redis_deadline(gw.settings.redis_timeout_s):
+            stream = gw.producer.submit_as_made(
+                requests, tenant=tenant, count_active=quota, trace=traced.trace
+            )
+            async with contextlib.aclosing(stream):
+                # Each job rendered as its call's reply comes in, while Redis runs the next.
+                async for n, submitted in stream:
+                    i = accepted[n][0]
+                    if isinstance(submitted, ResponseError):
+                        status, error_body = refusal_body(submitted)
+                        results[i] = ItemAnswer(status=status, error=error_body)
+                        continue
+                    created[requests[n].type] += 1
+                    if submitted.fresh is None:
+                        unread.append((i, submitted))
+                    else:
+                        job = resource_of_dump(gw, submitted.fresh.dump())
+                        results[i] = ItemAnswer(status=202, job=job)
+            read = await gw.producer.get_many([(s.queue, s.job_id) for _, s in unread])
+    except RedisUnavailable as exc:
+        if not created and all(results[i] is None for i, _ in accepted):
+            raise RedisUnavailable(f"{exc}; some of the jobs may have been created") from exc
+        read = [None] * len(unread)
+        unknown = {"error": "unavailable", "message": f"{exc}; this job may have been created"}
+        for i, _ in accepted:
+            if results[i] is None:
+                results[i] = ItemAnswer(status=503, error=unknown)
+    for (i, _), found in zip(unread, read, strict=True):
+        if found is not None:
+            results[i] = ItemAnswer(status=202, job=resource_json(gw, found))
+        elif results[i] is None:
+            results[i] = ItemAnswer(
+                status=503, error={"error": "unavailable", "message": "expired"}
+            )
+    for job_type, n in created.items():
+        gw.metrics.submits.labels(job_type).inc(n)
 
 
 async def _within_bulk_quota(

@@ -86,7 +86,8 @@ async def test_a_bulk_cut_short_by_a_redis_crash_leaves_no_half_written_job(
 ) -> None:
     """Bulks of 1,000 are posted back to back, and Redis is SIGKILLed once the second
     bulk's first calls have landed (the rest in flight), then restarted from its AOF.
-    Every answer is a 202 or a 503; every job a 202 named exists once; and every job Redis
+    Every answer, and every item's, is a 202 or a 503 (the cut bulk's items answered before
+    the crash keep their 202); every job a 202 named exists once; and every job Redis
     holds is whole: its hash, its `job.queued` in its own stream and the queue's under the
     same id, and its entry in the jobs stream. A bulk's calls may land in part, but never
     a job in part."""
@@ -102,6 +103,7 @@ async def test_a_bulk_cut_short_by_a_redis_crash_leaves_no_half_written_job(
     bulk = {"jobs": [{"type": "noop", "payload": {"i": i}} for i in range(1000)]}
     answered = asyncio.Event()
     statuses: list[int] = []
+    item_statuses: set[int] = set()
     accepted: list[str] = []
 
     async def post_bulks(http: httpx.AsyncClient) -> None:
@@ -109,7 +111,9 @@ async def test_a_bulk_cut_short_by_a_redis_crash_leaves_no_half_written_job(
             response = await http.post("/v1/jobs/bulk", json=bulk)
             statuses.append(response.status_code)
             if response.status_code == 202:
-                accepted.extend(item["job"]["id"] for item in response.json()["results"])
+                results = response.json()["results"]
+                item_statuses.update(item["status"] for item in results)
+                accepted.extend(item["job"]["id"] for item in results if item["status"] == 202)
             answered.set()
 
     try:
@@ -128,7 +132,8 @@ async def test_a_bulk_cut_short_by_a_redis_crash_leaves_no_half_written_job(
             server.start()
             await asyncio.wait_for(posting, 60)
         assert set(statuses) <= {202, 503} and statuses[0] == 202, statuses
-        assert len(accepted) == len(set(accepted)) == 1000 * statuses.count(202)
+        assert item_statuses <= {202, 503}, item_statuses
+        assert len(accepted) == len(set(accepted)) >= 1000 * (statuses.count(202) - 1)
 
         client = aioredis.Redis.from_url(server.url, decode_responses=True)
         prefix = f"conveyor:{{{queue_name}}}:job:"

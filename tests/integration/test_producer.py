@@ -606,28 +606,65 @@ async def test_a_bulk_keeps_each_queues_order_across_calls(
 
 def _calls(producer: Producer, queue: str, n: int) -> list[tuple[Any, int]]:
     """`n` `submit_many` calls of one job each, tagged 0..n-1."""
-    calls = producer._submit_calls(
-        [(i, SubmitRequest(type="noop", queue=queue)) for i in range(n)], "t1", False, ""
-    )
+    items = [(i, SubmitRequest(type="noop", queue=queue)) for i in range(n)]
+    calls = producer._submit_calls(items, "t1", False, "")
     return [(call, tag) for tag, (call, _) in enumerate(calls)]
 
 
-async def test_run_in_order_hands_back_every_result_then_raises_an_error_reply(
+async def test_run_in_order_answers_an_error_reply_in_its_calls_place(
     driver: Driver, producer: Producer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An error reply in the middle: the calls after it still ran and their results come
-    back in order; the error is raised once all are in, and the connection stays usable."""
+    """An error reply in the middle comes back in its call's place; the calls after it
+    still ran, and the connection stays in step."""
     monkeypatch.setattr("producer.producer.SUBMIT_BATCH", 1)
     calls = _calls(producer, driver.queue, 5)
     await driver.redis.set("wrong", "not a zset")
     (name, keys, args), tag = calls[2]
     calls[2] = ((name, [*keys[:3], "wrong", keys[4]], args), tag)  # its ZADD fails
-    got: list[int] = []
-    with pytest.raises(aioredis.ResponseError, match="WRONGTYPE"):
-        async for tag, _ in producer.scripts.run_in_order(calls):
-            got.append(tag)
-    assert got == [0, 1, 3, 4]
+    got = [(tag, result) async for tag, result in producer.scripts.run_in_order(calls)]
+    assert [tag for tag, _ in got] == [0, 1, 2, 3, 4]
+    assert [isinstance(result, aioredis.ResponseError) for _, result in got] == [
+        False, False, True, False, False,
+    ]  # fmt: skip
+    assert "WRONGTYPE" in str(got[2][1])
     assert await driver.redis.get("wrong") == "not a zset"  # a reply of its own
+
+
+async def test_a_refused_call_answers_for_its_jobs_alone(
+    driver: Driver, producer: Producer
+) -> None:
+    """Redis refuses the calls of one queue (its events stream is not a stream): those
+    jobs get the error, and the other queue's jobs, sent after them, are created;
+    `submit_each` raises it once all ran."""
+    other = f"{driver.queue}-b"
+    await driver.redis.set(producer.keys(driver.queue).events, "not a stream")
+    requests = [SubmitRequest(type="noop", queue=q) for q in (driver.queue, other) * 3]
+    answers = dict([a async for a in producer.submit_as_made(requests, tenant="t1")])
+    refused = [i for i, a in answers.items() if isinstance(a, aioredis.ResponseError)]
+    assert sorted(refused) == [0, 2, 4]
+    assert await driver.redis.xlen(producer.keys(other).jobs) == 3
+    with pytest.raises(aioredis.ResponseError, match="WRONGTYPE"):
+        await producer.submit_each(requests, tenant="t1")
+    assert await driver.redis.xlen(producer.keys(other).jobs) == 6
+
+
+async def test_a_bulk_after_a_script_flush_keeps_its_order(
+    driver: Driver, producer: Producer
+) -> None:
+    """Redis lost its scripts (a restart): a bulk mixing `submit_many` calls and a cache
+    lookup's `submit` call queues its jobs in the order given, not re-running the first
+    calls after the later ones."""
+    requests = [
+        SubmitRequest(type="noop", queue=driver.queue, payload={"n": 0}),
+        SubmitRequest(type="noop", queue=driver.queue, payload={"n": 1}, cache_ttl_s=60),
+        SubmitRequest(type="noop", queue=driver.queue, payload={"n": 2}),
+    ]
+    await producer.submit(SubmitRequest(type="noop", queue=f"{driver.queue}-b"))  # `submit` loaded
+    await driver.redis.script_flush()
+    await producer.submit(SubmitRequest(type="noop", queue=f"{driver.queue}-b"))
+    ids = await producer.submit_many(requests, tenant="t1")
+    entries = await driver.redis.xrange(producer.keys(driver.queue).jobs)
+    assert [e["job_id"] for _, e in entries] == ids
 
 
 async def test_run_in_order_stopped_early_leaves_no_reply_behind(
