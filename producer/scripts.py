@@ -238,12 +238,12 @@ class Scripts:
         other). One connection keeps the calls in their order, and each script is loaded on
         it (SCRIPT LOAD, a no-op for a script Redis has) before its first call, so that no
         call answers NOSCRIPT after a later one ran: after a restart, a bulk's first calls
-        would otherwise run after its others (a SCRIPT FLUSH in the middle of a bulk is the one
-        way left: the calls it left unrun run again, after the rest). An error reply comes
-        back in its call's place,
-        as the exception (the caller answers for that call alone: the calls before it ran,
-        and so do those after it). On a cluster, it is `run_many` with the same results.
-        Close it (`contextlib.aclosing`) when stopping early."""
+        would otherwise run after its others. (A SCRIPT FLUSH in the middle of a bulk is
+        the one way left: the calls it left unrun run again, after the rest.) An error
+        reply comes back in its call's place, as the exception: the caller answers for that
+        call alone, since the calls before and after it ran. On a cluster, it is
+        `run_many` with the same results. Close it (`contextlib.aclosing`) when stopping
+        early."""
         if not self._single:
             listed = list(calls)
             results = await self._run_all([call for call, _ in listed])
