@@ -250,9 +250,8 @@ async def _submit_items(
     if accepted and quota:
         accepted = await _within_bulk_quota(gw, tenant, accepted, results)
     if accepted:
-        requests = [request for _, request in accepted]
         await _submit_accepted(gw, tenant, accepted, quota, traced, results)
-        traced.created(requests)
+        traced.created([request for _, request in accepted])
     return results
 
 
@@ -271,6 +270,7 @@ async def _submit_accepted(
     requests = [request for _, request in accepted]
     unread: list[tuple[int, Submitted]] = []  # a flow's root: read back
     created: Counter[str] = Counter()
+    answered = 0
     try:
         async with redis_deadline(gw.settings.redis_timeout_s):
             stream = gw.producer.submit_as_made(
@@ -279,12 +279,13 @@ async def _submit_accepted(
             async with contextlib.aclosing(stream):
                 # Each job rendered as its call's reply comes in, while Redis runs the next.
                 async for n, submitted in stream:
-                    i = accepted[n][0]
+                    i, answered = accepted[n][0], answered + 1
                     if isinstance(submitted, ResponseError):
                         status, error_body = refusal_body(submitted)
                         results[i] = ItemAnswer(status=status, error=error_body)
                         continue
-                    created[requests[n].type] += 1
+                    if submitted.created:  # not a cache hit
+                        created[requests[n].type] += 1
                     if submitted.fresh is None:
                         unread.append((i, submitted))
                     else:
@@ -292,7 +293,7 @@ async def _submit_accepted(
                         results[i] = ItemAnswer(status=202, job=job)
             read = await gw.producer.get_many([(s.queue, s.job_id) for _, s in unread])
     except RedisUnavailable as exc:
-        if not created and all(results[i] is None for i, _ in accepted):
+        if not answered:
             raise RedisUnavailable(f"{exc}; some of the jobs may have been created") from exc
         read = [None] * len(unread)
         unknown = {"error": "unavailable", "message": f"{exc}; this job may have been created"}
