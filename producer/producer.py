@@ -265,7 +265,7 @@ class Producer(Reads):
     ) -> list[Submitted]:
         """`submit_many`, answering as `submit` does for each job: with its snapshot, for
         each one without children. An error reply is raised once every call has run."""
-        stream = self.submit_as_made(
+        stream = self.submit_answers(
             requests, tenant=tenant, count_active=count_active, trace=trace
         )
         async with contextlib.aclosing(stream):
@@ -275,7 +275,7 @@ class Producer(Reads):
                 raise submitted
         return [cast(Submitted, done[i]) for i in range(len(requests))]
 
-    async def submit_as_made(
+    async def submit_answers(
         self,
         requests: Sequence[SubmitRequest],
         *,

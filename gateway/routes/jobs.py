@@ -273,7 +273,7 @@ async def _submit_accepted(
     answered = 0
     try:
         async with redis_deadline(gw.settings.redis_timeout_s):
-            stream = gw.producer.submit_as_made(
+            stream = gw.producer.submit_answers(
                 requests, tenant=tenant, count_active=quota, trace=traced.trace
             )
             async with contextlib.aclosing(stream):

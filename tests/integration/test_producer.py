@@ -639,7 +639,7 @@ async def test_a_refused_call_answers_for_its_jobs_alone(
     other = f"{driver.queue}-b"
     await driver.redis.set(producer.keys(driver.queue).events, "not a stream")
     requests = [SubmitRequest(type="noop", queue=q) for q in (driver.queue, other) * 3]
-    answers = dict([a async for a in producer.submit_as_made(requests, tenant="t1")])
+    answers = dict([a async for a in producer.submit_answers(requests, tenant="t1")])
     refused = [i for i, a in answers.items() if isinstance(a, aioredis.ResponseError)]
     assert sorted(refused) == [0, 2, 4]
     assert await driver.redis.xlen(producer.keys(other).jobs) == 3
