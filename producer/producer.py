@@ -248,8 +248,9 @@ class Producer(Reads):
         count_active: bool = False,
         trace: str = "",
     ) -> list[str]:
-        """Submit in one round trip (benchmarks, bulk loads); a flow among them in its own
-        (one per level). Returns the job ids. Every job keeps the same `trace`."""
+        """Submit in a stream of calls on one connection (benchmarks, bulk loads; see
+        `submit_answers`); a flow among them in its own calls (one round trip per level).
+        Returns the job ids. Every job keeps the same `trace`."""
         submitted = await self.submit_each(
             requests, tenant=tenant, count_active=count_active, trace=trace
         )

@@ -14,7 +14,8 @@ a table built per call, and a function nobody calls still costs its compile at S
 
 Calls go out as pipelined EVALSHAs (`run_many`): one round trip for any number of calls, and
 the script is loaded only when Redis answers NOSCRIPT; `run`, one call, is a plain EVALSHA on
-a single Redis.
+a single Redis; `run_in_order` streams calls on one connection, each result handed back as it
+comes (a bulk submit).
 """
 
 from __future__ import annotations

@@ -339,9 +339,14 @@ class Hub:
         now_ms = time.time() * 1000
         for queue, last in tails.items():
             if last != "0-0" and last != self.positions[queue]:
-                self.positions[queue] = last
-                self.metrics.hub_lag.set(max(0.0, now_ms - int(last.partition("-")[0])) / 1000)
+                self._skip_to(queue, last, now_ms)
         return 0
+
+    def _skip_to(self, queue: str, last: str, now_ms: float) -> None:
+        """Move `queue`'s position past entries nobody was sent, to `last`; the lag is
+        that entry's, by its id's milliseconds."""
+        self.positions[queue] = last
+        self.metrics.hub_lag.set(max(0.0, now_ms - int(last.partition("-")[0])) / 1000)
 
     async def read_once(self, block_ms: int | None = None, queues: list[str] | None = None) -> int:
         """One XREAD over `queues`' events streams (default: every queue's, one XREAD per
@@ -366,12 +371,9 @@ class Hub:
                 await self._refill_if_trimmed(queue, entries[0][0])
             now_ms = time.time() * 1000
             if not self._watching():
-                # Nobody to hand them to: no event is parsed (a gateway taking submits and
-                # serving no SSE read each of its own submits' events back, for nothing).
-                # The lag is the last entry's, by its id's milliseconds.
-                last = entries[-1][0]
-                self.positions[queue] = last
-                self.metrics.hub_lag.set(max(0.0, now_ms - int(last.partition("-")[0])) / 1000)
+                # Nobody to hand them to (the last subscriber left during the XREAD): no
+                # event is parsed.
+                self._skip_to(queue, entries[-1][0], now_ms)
                 readable = []
             else:
                 readable = entries
