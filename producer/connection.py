@@ -26,6 +26,7 @@ from collections.abc import Generator, Iterable
 from typing import Any, TypeVar, cast, overload
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from redis._parsers.hiredis import _AsyncHiredisParser
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.cluster import ClusterPipeline as _RedisClusterPipeline
@@ -127,6 +128,42 @@ class _ConveyorConnection(AbstractConnection):
             raise RedisTimeoutError("Timeout writing to socket") from None
         finally:
             self.socket_timeout = timeout
+
+
+    async def can_read_destructive(self) -> bool:
+        """The pool asks this of every connection it hands out, to catch one that holds a
+        stray reply or that Redis has closed. redis-py answers by trying a read under a
+        zero timeout, which on an idle connection (the usual case) always ends in a
+        cancelled read: 15 us of the client's CPU per command (a loop of HGETs took 72 us
+        a round trip with it and 57 without), the largest cost of the pool.
+
+        Nothing can be unread while the stream reader's buffer and hiredis's are empty
+        and the stream has seen neither its end nor an error: the event loop moves every
+        byte that arrives into that buffer. So say so without reading. Anything else, or
+        a reader or parser that is not the one this was verified on (asyncio's
+        StreamReader and redis-py 5's hiredis parser: `_buffer` and `_reader` are theirs
+        and private), takes redis-py's own check. A byte still in the kernel when this
+        runs is found by the next command's check, as a byte arriving just after
+        redis-py's own check would be.
+        """
+        if self._nothing_unread():
+            return False
+        return bool(await super().can_read_destructive())  # type: ignore[no-untyped-call]
+
+    def _nothing_unread(self) -> bool:
+        stream, parser = self._reader, self._parser
+        if stream is None or type(parser) is not _AsyncHiredisParser:
+            return False
+        buffered = getattr(stream, "_buffer", None)
+        hiredis_reader = getattr(parser, "_reader", None)
+        return (
+            isinstance(buffered, bytearray)
+            and not buffered
+            and not stream.at_eof()
+            and stream.exception() is None
+            and hiredis_reader is not None
+            and not hiredis_reader.has_data()
+        )
 
 
 class _FastConnection(_ConveyorConnection, Connection):
