@@ -11,7 +11,11 @@ job's snapshot and history for the retention period (seven days by default); Bul
 default, keeps every completed job until it is removed. Besides the totals, each side's
 keys are broken down with `MEMORY USAGE` (an estimate: for streams it comes out above
 what `used_memory` moves by). Prints the breakdowns, then one line:
-`conveyor_bytes_per_job=N bullmq_bytes_per_job=M ratio=R`.
+`conveyor_bytes_per_job=N bullmq_bytes_per_job=M ratio=R`, then the floor under Conveyor's
+figure that its keys set: `job_stream_floor_bytes=N`, what Redis keeps for a stream with one
+one-field entry and a TTL (the least a job's own events stream can cost, whatever it
+holds), and `job_stream_bytes=M` for one holding a no-op job's three events as Conveyor
+writes them; each the mean of `FLOOR_KEYS` such keys on the same Redis configuration.
 """
 
 from __future__ import annotations
@@ -117,6 +121,41 @@ async def bullmq_memory(node: str, jobs: int, data_dir: Path) -> tuple[float, di
         return (after - before) / jobs, await breakdown(server.url, bullmq_kind, jobs)
 
 
+FLOOR_KEYS = 2000
+
+
+async def stream_floor(data_dir: Path) -> tuple[float, float]:
+    """Bytes per key of `FLOOR_KEYS` streams with a TTL: holding one one-field entry, and
+    holding a no-op job's three events (`job.queued`, `job.started`, `job.succeeded`, the
+    fields a job's own events stream gives each)."""
+    ts = "1796418245140"
+    events = [
+        {"event": "job.queued", "status": "queued", "attempt": "0", "ts": ts, "data": "{}"},
+        {"event": "job.started", "status": "running", "attempt": "1", "ts": ts,
+         "data": '{"owner":"vm:6341:071dcf"}'},
+        {"event": "job.succeeded", "status": "succeeded", "attempt": "1", "ts": ts,
+         "data": '{"result":{},"artifacts":[]}'},
+    ]  # fmt: skip
+    figures = []
+    with EmbeddedRedis(data_dir / "redis") as server:
+        redis = aioredis.Redis.from_url(server.url, decode_responses=True)
+        # A first fill of a fresh Redis keeps ~40 B a key more than the same fill after it
+        # (whichever comes first): a warm-up fill is measured and left out.
+        for entries in (events, [{"e": "1"}], events):
+            await redis.flushall()
+            before = await used_memory(server.url)
+            async with redis.pipeline(transaction=False) as pipe:
+                for n in range(FLOOR_KEYS):
+                    key = f"conveyor:{{mem}}:job:{n:032x}:events"
+                    for fields in entries:
+                        pipe.xadd(key, fields)  # type: ignore[arg-type]
+                    pipe.pexpire(key, 7 * 86_400_000)
+                await pipe.execute()
+            figures.append((await used_memory(server.url) - before) / FLOOR_KEYS)
+        await redis.aclose()
+    return figures[1], figures[2]
+
+
 def show(name: str, total: float, parts: dict[str, float]) -> None:
     keys = sum(parts.values())
     print(f"{name}: {total:.0f} B/job (used_memory), of which in its keys {keys:.0f}:")
@@ -132,12 +171,14 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="conveyor-memory-") as tmp:
         ours, our_parts = await conveyor_memory(args.jobs, Path(tmp) / "conveyor")
         theirs, their_parts = await bullmq_memory(node, args.jobs, Path(tmp) / "bullmq")
+        floor, three_events = await stream_floor(Path(tmp) / "floor")
     show("conveyor", ours, our_parts)
     show("bullmq", theirs, their_parts)
     print(
         f"conveyor_bytes_per_job={ours:.0f} bullmq_bytes_per_job={theirs:.0f} "
         f"ratio={ours / theirs:.2f}"
     )
+    print(f"job_stream_floor_bytes={floor:.0f} job_stream_bytes={three_events:.0f}")
 
 
 if __name__ == "__main__":
