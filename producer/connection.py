@@ -129,7 +129,6 @@ class _ConveyorConnection(AbstractConnection):
         finally:
             self.socket_timeout = timeout
 
-
     async def can_read_destructive(self) -> bool:
         """The pool asks this of every connection it hands out, to catch one that holds a
         stray reply or that Redis has closed. redis-py answers by trying a read under a
