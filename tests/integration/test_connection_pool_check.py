@@ -1,12 +1,14 @@
 """The pool's check of a connection it hands out (`_ConveyorConnection.can_read_destructive`)
 answers "nothing unread" without a read, and still catches what redis-py's read catches: a
 connection holding a stray reply, and one that Redis has closed. Either is replaced, and the
-next command gets its own reply."""
+next command gets its own reply. Over TCP and over a Unix socket (a class of its own)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -16,6 +18,22 @@ from conveyor.embedded_redis import EmbeddedRedis
 from producer.connection import _ConveyorConnection, redis_from_url
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["tcp", "unix"])
+def url(
+    request: pytest.FixtureRequest,
+    redis_server: EmbeddedRedis,
+    fresh_redis: Callable[..., EmbeddedRedis],
+) -> Iterator[str]:
+    if request.param == "tcp":
+        yield redis_server.url
+        return
+    # A short directory of its own: a socket's path is limited to 107 bytes.
+    with tempfile.TemporaryDirectory(prefix="conveyor-") as short:
+        socket_path = Path(short) / "redis.sock"
+        fresh_redis(extra_args=["--unixsocket", str(socket_path), "--unixsocketperm", "700"])
+        yield f"unix://{socket_path}"
 
 
 async def _until(condition: Callable[[], bool], deadline_s: float = 5.0) -> None:
@@ -31,8 +49,8 @@ async def _client_id(connection: AbstractConnection) -> int:
     return int(await connection.read_response())
 
 
-async def test_an_idle_connection_is_checked_without_a_read(redis_server: EmbeddedRedis) -> None:
-    client = redis_from_url(redis_server.url)
+async def test_an_idle_connection_is_checked_without_a_read(url: str) -> None:
+    client = redis_from_url(url)
     connection = await client.connection_pool.get_connection()
     assert isinstance(connection, _ConveyorConnection)
     await _client_id(connection)
@@ -44,8 +62,8 @@ async def test_an_idle_connection_is_checked_without_a_read(redis_server: Embedd
     await client.aclose()
 
 
-async def test_a_connection_holding_a_stray_reply_is_replaced(redis_server: EmbeddedRedis) -> None:
-    client = redis_from_url(redis_server.url)
+async def test_a_connection_holding_a_stray_reply_is_replaced(url: str) -> None:
+    client = redis_from_url(url)
     pool = client.connection_pool
     connection = await pool.get_connection()
     stray_id = await _client_id(connection)
@@ -59,14 +77,14 @@ async def test_a_connection_holding_a_stray_reply_is_replaced(redis_server: Embe
     await client.aclose()
 
 
-async def test_a_connection_redis_has_closed_is_replaced(
-    redis_server: EmbeddedRedis, redis: Redis
-) -> None:
-    client = redis_from_url(redis_server.url)
+async def test_a_connection_redis_has_closed_is_replaced(url: str) -> None:
+    client = redis_from_url(url)
     pool = client.connection_pool
     connection = await pool.get_connection()
     killed_id = await _client_id(connection)
-    assert await redis.client_kill_filter(_id=killed_id) == 1
+    other = redis_from_url(url)
+    assert await other.client_kill_filter(_id=killed_id) == 1
+    await other.aclose()
     stream = connection._reader
     assert stream is not None
     await _until(stream.at_eof)

@@ -68,3 +68,13 @@ def test_sentinel_url_names_its_sentinels_service_and_db() -> None:
 def test_bad_urls_say_what_is_wrong(url: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         redis_from_url(url)
+
+
+@pytest.mark.parametrize("scheme", ["redis", "rediss", "unix"])
+async def test_every_plain_scheme_gets_conveyors_connections(scheme: str) -> None:
+    """redis-py's from_url picks its own class for rediss:// and unix:// over one passed in;
+    the pool is given Conveyor's after (its packer, write deadline and pool check)."""
+    url = {"unix": "unix:///tmp/r.sock"}.get(scheme, f"{scheme}://127.0.0.1:6390/0")
+    client = redis_from_url(url)
+    assert client.connection_pool.connection_class is CONNECTION_CLASSES[scheme]
+    await client.aclose()
