@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -62,35 +62,36 @@ async def test_an_idle_connection_is_checked_without_a_read(url: str) -> None:
     await client.aclose()
 
 
-async def test_a_connection_holding_a_stray_reply_is_replaced(url: str) -> None:
-    client = redis_from_url(url)
-    pool = client.connection_pool
-    connection = await pool.get_connection()
-    stray_id = await _client_id(connection)
+async def _leave_a_stray_reply(connection: AbstractConnection, url: str) -> Callable[[], bool]:
     await connection.send_command("PING")  # its PONG is never read
     stream = connection._reader
     assert stream is not None
-    await _until(lambda: bool(getattr(stream, "_buffer", b"")))
-    await pool.release(connection)
-
-    assert await _answer_of_next_command(client) != stray_id
-    await client.aclose()
+    return lambda: bool(getattr(stream, "_buffer", b""))
 
 
-async def test_a_connection_redis_has_closed_is_replaced(url: str) -> None:
-    client = redis_from_url(url)
-    pool = client.connection_pool
-    connection = await pool.get_connection()
-    killed_id = await _client_id(connection)
+async def _have_redis_close_it(connection: AbstractConnection, url: str) -> Callable[[], bool]:
     other = redis_from_url(url)
-    assert await other.client_kill_filter(_id=killed_id) == 1
+    assert await other.client_kill_filter(_id=await _client_id(connection)) == 1
     await other.aclose()
     stream = connection._reader
     assert stream is not None
-    await _until(stream.at_eof)
+    return stream.at_eof
+
+
+@pytest.mark.parametrize(
+    "spoil", [_leave_a_stray_reply, _have_redis_close_it], ids=["stray-reply", "closed"]
+)
+async def test_a_spoiled_connection_is_replaced(
+    url: str, spoil: Callable[[AbstractConnection, str], Awaitable[Callable[[], bool]]]
+) -> None:
+    client = redis_from_url(url)
+    pool = client.connection_pool
+    connection = await pool.get_connection()
+    spoiled_id = await _client_id(connection)
+    await _until(await spoil(connection, url))  # the reply, or the end, has reached it
     await pool.release(connection)
 
-    assert await _answer_of_next_command(client) != killed_id
+    assert await _answer_of_next_command(client) != spoiled_id
     await client.aclose()
 
 
