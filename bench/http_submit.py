@@ -150,13 +150,19 @@ class Run:
     cpu_us: float  # the server's CPU per request
 
 
-def wrk_run(wrk: str, server: Gateway, connections: int, seconds: float) -> Run:
-    """One wrk run (one thread) against `server`'s POST /v1/jobs."""
+def wrk_run(
+    wrk: str, server: Gateway, connections: int, seconds: float, bulk: int | None = None
+) -> Run:
+    """One wrk run (one thread) against `server`'s POST /v1/jobs, or with `bulk` its POST
+    /v1/jobs/bulk of that many jobs a request (`rps` is then requests, not jobs)."""
     before = cpu_s(server.process.pid)
+    env = {**os.environ, "BENCH_API_KEY": API_KEY}
+    if bulk:
+        env["BENCH_BULK"] = str(bulk)
     done = subprocess.run(
         [wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", str(LUA),
-         server.url + "/v1/jobs"],
-        check=True, capture_output=True, text=True, env={**os.environ, "BENCH_API_KEY": API_KEY},
+         server.url + ("/v1/jobs/bulk" if bulk else "/v1/jobs")],
+        check=True, capture_output=True, text=True, env=env,
     )  # fmt: skip
     cpu = cpu_s(server.process.pid) - before
     found = WRK_LINE.search(done.stdout)
