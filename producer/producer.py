@@ -55,7 +55,7 @@ T = TypeVar("T")
 
 def new_job_id() -> str:
     """32 hex chars, time-ordered (ms first) so ids sort by submission, random after."""
-    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+    return new_job_ids(1)[0]
 
 
 def new_job_ids(n: int) -> list[str]:
